@@ -1,0 +1,18 @@
+//! Schema migrations for profile-gateway, as ordinary sea-orm-migration files.
+//!
+//! The server applies them on start, `profile-gateway migrate` applies them and exits, and
+//! the integration tests run them against every fresh test database.
+
+pub use sea_orm_migration::prelude::*;
+
+mod m20261124_000001_create_core_tables;
+
+/// Every migration of the service, oldest first.
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(m20261124_000001_create_core_tables::Migration)]
+    }
+}

@@ -1,0 +1,506 @@
+//! The canonical change set and the pure function that applies it.
+
+use std::collections::BTreeSet;
+
+use serde_json::{Map, Value, json};
+
+use super::{CustomFieldDefinition, Field, Profile, Scalar, custom_field::unknown_fields, rules};
+use crate::error::{Code, Fault};
+
+/// How a tag write treats an existing tag of the same key (fragment's four lists).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TagWrite {
+    /// The key must not exist yet (TAG_ALREADY_EXISTS).
+    Create,
+    /// The key must exist (TAG_NOT_FOUND).
+    Update,
+    /// Creates or overwrites.
+    Set,
+}
+
+/// One canonical change. Values are already checked against the rules that need no stored
+/// state; the rules that do are checked by [`ChangeSet::apply`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Op {
+    /// Set a scalar field, or clear it with `None`.
+    Set {
+        field: Field,
+        value: Option<Scalar>,
+    },
+    /// Take this externalId if the profile has none; refuse a different one (IMMUTABLE_FIELD).
+    ClaimExternalId {
+        value: String,
+        path: String,
+    },
+    /// Replace one attribute's value whole, or remove it with `None`.
+    MergeAttribute {
+        key: String,
+        value: Option<Value>,
+    },
+    ReplaceAttributes(Map<String, Value>),
+    /// Replace every tag with these keys, without values.
+    ReplaceTags(BTreeSet<String>),
+    WriteTag {
+        key: String,
+        value: String,
+        mode: TagWrite,
+        path: String,
+    },
+    /// Remove a tag; a missing key is no error.
+    DeleteTag {
+        key: String,
+    },
+    ReplaceGroups(BTreeSet<String>),
+    /// Set or clear a custom field by name; the name must be defined and the value fit its type.
+    SetCustom {
+        name: String,
+        value: Option<String>,
+        path: String,
+    },
+    /// The update is only valid for the profile with this id (VALIDATION_FAILED otherwise).
+    RequireId {
+        id: String,
+        path: String,
+    },
+}
+
+/// One canonical field whose value an update changed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FieldChange {
+    pub field: String,
+    pub before: Value,
+    pub after: Value,
+}
+
+/// Everything one update asks for, in one vendor-neutral form.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ChangeSet {
+    ops: Vec<Op>,
+}
+
+impl ChangeSet {
+    pub fn push(&mut self, op: Op) {
+        self.ops.push(op);
+    }
+
+    pub fn ops(&self) -> &[Op] {
+        &self.ops
+    }
+
+    /// Whether applying needs the tenant's custom field definitions.
+    pub fn needs_custom_fields(&self) -> bool {
+        self.ops.iter().any(|op| matches!(op, Op::SetCustom { .. }))
+    }
+
+    /// The externalId this change set writes and the input path it came from, if any; used to
+    /// report a duplicate at the right field.
+    pub fn external_id_write(&self) -> Option<(Option<&str>, &str)> {
+        self.ops.iter().rev().find_map(|op| match op {
+            Op::Set {
+                field: Field::ExternalId,
+                value,
+            } => Some((
+                match value {
+                    Some(Scalar::Text(id)) => Some(id.as_str()),
+                    _ => None,
+                },
+                "externalId",
+            )),
+            Op::ClaimExternalId { value, path } => Some((Some(value.as_str()), path.as_str())),
+            _ => None,
+        })
+    }
+
+    /// Applies every op to a copy of `profile`, checks the profile-wide limits, and returns
+    /// the new profile with the list of canonical fields that changed. `profile` itself is
+    /// never touched, so a refusal changes nothing.
+    pub fn apply(
+        &self,
+        profile: &Profile,
+        custom_fields: &[CustomFieldDefinition],
+    ) -> Result<(Profile, Vec<FieldChange>), Fault> {
+        let mut next = profile.clone();
+        let mut unknown = Vec::new();
+        for op in &self.ops {
+            match op {
+                Op::Set {
+                    field,
+                    value: Some(value),
+                } => {
+                    next.fields.insert(*field, value.clone());
+                }
+                Op::Set { field, value: None } => {
+                    next.fields.remove(field);
+                }
+                Op::ClaimExternalId { value, path } => match next.external_id() {
+                    Some(current) if current != value => {
+                        return Err(Fault::new(
+                            Code::ImmutableField,
+                            format!("This profile's memberRefId is \"{current}\" and cannot change."),
+                        )
+                        .at(path.clone()));
+                    }
+                    _ => {
+                        next.fields.insert(Field::ExternalId, Scalar::Text(value.clone()));
+                    }
+                },
+                Op::MergeAttribute {
+                    key,
+                    value: Some(value),
+                } => {
+                    next.attributes.insert(key.clone(), value.clone());
+                }
+                Op::MergeAttribute { key, value: None } => {
+                    next.attributes.remove(key);
+                }
+                Op::ReplaceAttributes(attributes) => next.attributes = attributes.clone(),
+                Op::ReplaceTags(keys) => next.tags = keys.iter().map(|key| (key.clone(), None)).collect(),
+                Op::WriteTag { key, value, mode, path } => {
+                    let exists = next.tags.contains_key(key);
+                    match mode {
+                        TagWrite::Create if exists => {
+                            return Err(Fault::new(
+                                Code::TagAlreadyExists,
+                                format!("The tag \"{key}\" already exists; use update or set to change it."),
+                            )
+                            .at(path.clone()));
+                        }
+                        TagWrite::Update if !exists => {
+                            return Err(Fault::new(
+                                Code::TagNotFound,
+                                format!("There is no tag \"{key}\" to update; use create or set to add it."),
+                            )
+                            .at(path.clone()));
+                        }
+                        _ => {}
+                    }
+                    next.tags.insert(key.clone(), Some(value.clone()));
+                }
+                Op::DeleteTag { key } => {
+                    next.tags.remove(key);
+                }
+                Op::ReplaceGroups(groups) => next.groups = groups.clone(),
+                Op::SetCustom { name, value, path } => {
+                    let Some(definition) = custom_fields.iter().find(|field| &field.name == name) else {
+                        unknown.push((name.clone(), path.clone()));
+                        continue;
+                    };
+                    match value {
+                        Some(value) => {
+                            definition.check(value).map_err(|reason| {
+                                Fault::new(Code::InvalidFieldValue, format!("{name} {reason}.")).at(path.clone())
+                            })?;
+                            next.custom.insert(name.clone(), value.clone());
+                        }
+                        None => {
+                            next.custom.remove(name);
+                        }
+                    }
+                }
+                Op::RequireId { id, path } => {
+                    if uuid::Uuid::parse_str(id).ok() != Some(profile.id) {
+                        return Err(Fault::validation(
+                            path.clone(),
+                            format!(
+                                "id \"{}\" is not the id of the profile being updated.",
+                                rules::truncate(id)
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
+        if !unknown.is_empty() {
+            return Err(unknown_fields(&unknown));
+        }
+        check_limits(&next)?;
+        let changes = diff(profile, &next);
+        Ok((next, changes))
+    }
+}
+
+fn check_limits(profile: &Profile) -> Result<(), Fault> {
+    if profile.tags.len() > rules::MAX_TAGS {
+        return Err(Fault::validation(
+            "tags",
+            format!(
+                "A profile holds at most {} tags; this would leave {}.",
+                rules::MAX_TAGS,
+                profile.tags.len()
+            ),
+        ));
+    }
+    if profile.groups.len() > rules::MAX_GROUPS {
+        return Err(Fault::validation(
+            "groups",
+            format!(
+                "A profile belongs to at most {} groups; this would leave {}.",
+                rules::MAX_GROUPS,
+                profile.groups.len()
+            ),
+        ));
+    }
+    if profile.attributes.len() > rules::MAX_ATTRIBUTES {
+        return Err(Fault::validation(
+            "attributes",
+            format!(
+                "A profile holds at most {} attribute keys; this would leave {}.",
+                rules::MAX_ATTRIBUTES,
+                profile.attributes.len()
+            ),
+        ));
+    }
+    let size = serde_json::to_vec(&profile.attributes).map_or(usize::MAX, |json| json.len());
+    if size > rules::MAX_ATTRIBUTES_JSON_BYTES {
+        return Err(Fault::validation(
+            "attributes",
+            format!("A profile's attributes hold at most 16 KiB of JSON; this would leave {size} bytes."),
+        ));
+    }
+    Ok(())
+}
+
+/// Every canonical field whose value differs between `before` and `after`, in canonical order.
+pub fn diff(before: &Profile, after: &Profile) -> Vec<FieldChange> {
+    let mut changes = Vec::new();
+    let mut push = |field: String, old: Value, new: Value| {
+        if old != new {
+            changes.push(FieldChange {
+                field,
+                before: old,
+                after: new,
+            });
+        }
+    };
+    for field in Field::ALL {
+        let json = |p: &Profile| p.fields.get(&field).map_or(Value::Null, Scalar::to_json);
+        push(field.name().to_owned(), json(before), json(after));
+    }
+    for key in union(before.attributes.keys(), after.attributes.keys()) {
+        let json = |p: &Profile| p.attributes.get(key).cloned().unwrap_or(Value::Null);
+        push(format!("attributes.{key}"), json(before), json(after));
+    }
+    for key in union(before.tags.keys(), after.tags.keys()) {
+        let json = |p: &Profile| p.tags.get(key).map_or(Value::Null, |value| json!({ "value": value }));
+        push(format!("tags.{key}"), json(before), json(after));
+    }
+    push("groups".to_owned(), json!(before.groups), json!(after.groups));
+    for name in union(before.custom.keys(), after.custom.keys()) {
+        let json = |p: &Profile| p.custom.get(name).map_or(Value::Null, |value| json!(value));
+        push(format!("customFields.{name}"), json(before), json(after));
+    }
+    changes
+}
+
+fn union<'a>(a: impl Iterator<Item = &'a String>, b: impl Iterator<Item = &'a String>) -> BTreeSet<&'a String> {
+    a.chain(b).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::Utc;
+    use uuid::Uuid;
+
+    use super::*;
+    use crate::domain::CustomFieldType;
+
+    fn profile() -> Profile {
+        let mut p = Profile::new(Uuid::new_v4(), 1, Utc::now());
+        p.fields.insert(Field::FirstName, Scalar::Text("Ana".into()));
+        p.attributes.insert("plan".into(), json!("basic"));
+        p.tags.insert("vip".into(), None);
+        p
+    }
+
+    fn set(ops: Vec<Op>) -> ChangeSet {
+        ChangeSet { ops }
+    }
+
+    #[test]
+    fn changes_name_every_changed_canonical_field_with_before_and_after() {
+        let change = set(vec![
+            Op::Set {
+                field: Field::FirstName,
+                value: Some(Scalar::Text("Eva".into())),
+            },
+            Op::MergeAttribute {
+                key: "plan".into(),
+                value: None,
+            },
+            Op::WriteTag {
+                key: "vip".into(),
+                value: "gold".into(),
+                mode: TagWrite::Update,
+                path: "p".into(),
+            },
+            Op::ReplaceGroups(["b".to_owned(), "a".to_owned()].into()),
+        ]);
+        let (next, changes) = change.apply(&profile(), &[]).unwrap();
+        assert_eq!(next.text(Field::FirstName), Some("Eva"));
+        let by_name: Vec<(&str, Value, Value)> = changes
+            .iter()
+            .map(|c| (c.field.as_str(), c.before.clone(), c.after.clone()))
+            .collect();
+        assert_eq!(
+            by_name,
+            vec![
+                ("firstName", json!("Ana"), json!("Eva")),
+                ("attributes.plan", json!("basic"), Value::Null),
+                ("tags.vip", json!({ "value": null }), json!({ "value": "gold" })),
+                ("groups", json!([]), json!(["a", "b"])),
+            ]
+        );
+    }
+
+    #[test]
+    fn an_update_that_changes_nothing_reports_no_changes() {
+        let change = set(vec![
+            Op::Set {
+                field: Field::FirstName,
+                value: Some(Scalar::Text("Ana".into())),
+            },
+            Op::ReplaceTags(["vip".to_owned()].into()),
+        ]);
+        let before = profile();
+        let (next, changes) = change.apply(&before, &[]).unwrap();
+        assert!(changes.is_empty());
+        assert_eq!(next, before);
+    }
+
+    #[test]
+    fn one_refused_op_refuses_the_whole_change_set() {
+        let change = set(vec![
+            Op::Set {
+                field: Field::FirstName,
+                value: Some(Scalar::Text("Eva".into())),
+            },
+            Op::WriteTag {
+                key: "vip".into(),
+                value: "x".into(),
+                mode: TagWrite::Create,
+                path: "tags.create[0].key".into(),
+            },
+        ]);
+        let fault = change.apply(&profile(), &[]).unwrap_err();
+        assert_eq!(fault.code, Code::TagAlreadyExists);
+        assert_eq!(fault.field.as_deref(), Some("tags.create[0].key"));
+    }
+
+    #[test]
+    fn updating_a_missing_tag_is_tag_not_found_and_deleting_one_is_no_error() {
+        let change = set(vec![Op::WriteTag {
+            key: "nope".into(),
+            value: "x".into(),
+            mode: TagWrite::Update,
+            path: "tags.update[0].key".into(),
+        }]);
+        assert_eq!(change.apply(&profile(), &[]).unwrap_err().code, Code::TagNotFound);
+        let change = set(vec![Op::DeleteTag { key: "nope".into() }]);
+        assert!(change.apply(&profile(), &[]).unwrap().1.is_empty());
+    }
+
+    #[test]
+    fn a_claimed_external_id_is_taken_once_and_then_immutable() {
+        let claim = |value: &str| {
+            set(vec![Op::ClaimExternalId {
+                value: value.into(),
+                path: "memberRefId".into(),
+            }])
+        };
+        let (claimed, changes) = claim("m-1").apply(&profile(), &[]).unwrap();
+        assert_eq!(changes[0].field, "externalId");
+        assert!(claim("m-1").apply(&claimed, &[]).unwrap().1.is_empty());
+        let fault = claim("m-2").apply(&claimed, &[]).unwrap_err();
+        assert_eq!(
+            (fault.code, fault.field.as_deref()),
+            (Code::ImmutableField, Some("memberRefId"))
+        );
+    }
+
+    #[test]
+    fn required_id_must_be_the_profiles_own() {
+        let p = profile();
+        let ok = set(vec![Op::RequireId {
+            id: p.id.to_string().to_uppercase(),
+            path: "id".into(),
+        }]);
+        assert!(ok.apply(&p, &[]).is_ok());
+        let other = set(vec![Op::RequireId {
+            id: Uuid::new_v4().to_string(),
+            path: "id".into(),
+        }]);
+        assert_eq!(other.apply(&p, &[]).unwrap_err().field.as_deref(), Some("id"));
+    }
+
+    #[test]
+    fn custom_values_must_be_defined_and_fit_their_type() {
+        let size = CustomFieldDefinition {
+            id: Uuid::new_v4(),
+            name: "Size".into(),
+            field_type: CustomFieldType::Dropdown,
+            options: vec!["S".into(), "M".into()],
+            max_length: None,
+        };
+        let write = |name: &str, value: &str, path: &str| Op::SetCustom {
+            name: name.into(),
+            value: Some(value.into()),
+            path: path.into(),
+        };
+        let (next, changes) = set(vec![write("Size", "M", "values[0]")])
+            .apply(&profile(), std::slice::from_ref(&size))
+            .unwrap();
+        assert_eq!(next.custom["Size"], "M");
+        assert_eq!(changes[0].field, "customFields.Size");
+        let fault = set(vec![write("Size", "XL", "values[0]")])
+            .apply(&profile(), std::slice::from_ref(&size))
+            .unwrap_err();
+        assert_eq!(
+            (fault.code, fault.field.as_deref()),
+            (Code::InvalidFieldValue, Some("values[0]"))
+        );
+        let fault = set(vec![
+            write("A", "1", "values[0]"),
+            write("Size", "S", "values[1]"),
+            write("B", "2", "values[2]"),
+        ])
+        .apply(&profile(), std::slice::from_ref(&size))
+        .unwrap_err();
+        assert_eq!(fault.code, Code::UnknownField);
+        assert!(
+            fault.message.contains("\"A\"") && fault.message.contains("\"B\""),
+            "{}",
+            fault.message
+        );
+    }
+
+    #[test]
+    fn profile_wide_limits_hold_after_every_update() {
+        let many_tags = (0..=rules::MAX_TAGS).map(|i| format!("t{i}")).collect();
+        let fault = set(vec![Op::ReplaceTags(many_tags)])
+            .apply(&profile(), &[])
+            .unwrap_err();
+        assert_eq!(fault.field.as_deref(), Some("tags"));
+        let many_groups = (0..=rules::MAX_GROUPS).map(|i| format!("g{i}")).collect();
+        assert!(
+            set(vec![Op::ReplaceGroups(many_groups)])
+                .apply(&profile(), &[])
+                .is_err()
+        );
+        let many_keys = (0..=rules::MAX_ATTRIBUTES)
+            .map(|i| (format!("k{i}"), json!(i)))
+            .collect();
+        assert!(
+            set(vec![Op::ReplaceAttributes(many_keys)])
+                .apply(&profile(), &[])
+                .is_err()
+        );
+        let big = Op::MergeAttribute {
+            key: "blob".into(),
+            value: Some(json!("x".repeat(rules::MAX_ATTRIBUTES_JSON_BYTES))),
+        };
+        assert_eq!(
+            set(vec![big]).apply(&profile(), &[]).unwrap_err().field.as_deref(),
+            Some("attributes")
+        );
+    }
+}

@@ -1,0 +1,16 @@
+use sea_orm::entity::prelude::*;
+
+#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+#[sea_orm(table_name = "custom_field_values")]
+pub struct Model {
+    #[sea_orm(primary_key, auto_increment = false)]
+    pub profile_id: Uuid,
+    #[sea_orm(primary_key, auto_increment = false)]
+    pub field_id: Uuid,
+    pub value: String,
+}
+
+#[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+pub enum Relation {}
+
+impl ActiveModelBehavior for ActiveModel {}

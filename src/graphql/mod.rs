@@ -1,0 +1,38 @@
+//! The GraphQL API: client-facing types and thin resolvers over [`crate::store::Store`].
+//!
+//! [`schema`] builds the schema without a database; the server attaches the [`Store`] and each
+//! request's [`TenantId`] afterwards, so `print-schema` and the schema test need no database.
+
+mod mutation;
+mod query;
+mod types;
+
+use async_graphql::{Context, EmptySubscription, Schema, SchemaBuilder};
+
+pub use mutation::Mutation;
+pub use query::Query;
+pub use types::{CustomFieldType, MemberType, ProfileStatus};
+
+use crate::store::{Store, TenantId};
+
+pub type AppSchema = Schema<Query, Mutation, EmptySubscription>;
+
+/// The schema with nothing attached: add `.data(store)` before `.finish()` to serve it.
+pub fn schema() -> SchemaBuilder<Query, Mutation, EmptySubscription> {
+    Schema::build(Query, Mutation, EmptySubscription)
+}
+
+/// The schema as SDL, what `schema.graphql` holds: types, fields and enum values sorted,
+/// arguments in their declared order (as the contract has them), with descriptions.
+pub fn sdl() -> String {
+    let options = async_graphql::SDLExportOptions::new()
+        .sorted_fields()
+        .sorted_arguments()
+        .sorted_enum_items();
+    schema().finish().sdl_with_options(options)
+}
+
+/// The store and the tenant of the request being resolved.
+fn scope<'a>(ctx: &Context<'a>) -> async_graphql::Result<(&'a Store, TenantId)> {
+    Ok((ctx.data::<Store>()?, *ctx.data::<TenantId>()?))
+}

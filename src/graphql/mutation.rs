@@ -1,0 +1,79 @@
+use async_graphql::{Context, ID, Object, Result, ResultExt};
+
+use super::scope;
+use super::types::{
+    CustomFieldDefinition, CustomFieldInput, DeletedProfile, Profile, ProfileRef, ProfileStatus, UpdateProfilePayload,
+};
+use crate::dialects::{CreateProfileInput, ProfileUpdate};
+use crate::domain::{ChangeSet, NewCustomField, ProfileKey};
+use crate::error::Fault;
+
+pub struct Mutation;
+
+#[Object]
+impl Mutation {
+    /// Creates a profile in the caller's tenant at version 1, status ACTIVE, with the next
+    /// serial number. externalId must be unique in the tenant (DUPLICATE_EXTERNAL_ID).
+    async fn create_profile(&self, ctx: &Context<'_>, input: CreateProfileInput) -> Result<Profile> {
+        let (store, tenant) = scope(ctx)?;
+        let change = ChangeSet::try_from(input).extend()?;
+        Ok(Profile(store.create(tenant, &change).await.extend()?))
+    }
+
+    /// Updates a profile in one vendor's dialect, all or nothing. With `expectedVersion`, the
+    /// update applies only to that version (VERSION_CONFLICT otherwise); with `dryRun`, it is
+    /// checked and its result computed, and nothing is stored. An update that changes nothing
+    /// keeps the version and returns no changes.
+    async fn update_profile(
+        &self,
+        ctx: &Context<'_>,
+        r#ref: ProfileRef,
+        update: ProfileUpdate,
+        expected_version: Option<i32>,
+        #[graphql(default = false)] dry_run: bool,
+    ) -> Result<UpdateProfilePayload> {
+        let (store, tenant) = scope(ctx)?;
+        let change = ChangeSet::try_from(update).extend()?;
+        let key = existing(&r#ref).extend()?;
+        let updated = store
+            .update(tenant, &key, &change, expected_version, dry_run)
+            .await
+            .extend()?;
+        Ok(UpdateProfilePayload {
+            profile: Profile(updated.profile),
+            changes: updated.changes.into_iter().map(Into::into).collect(),
+            dry_run,
+        })
+    }
+
+    /// Moves a profile between ACTIVE and SUSPENDED, or to CLOSED, which is final
+    /// (INVALID_STATUS_TRANSITION). Setting the current status changes nothing.
+    async fn set_profile_status(&self, ctx: &Context<'_>, r#ref: ProfileRef, status: ProfileStatus) -> Result<Profile> {
+        let (store, tenant) = scope(ctx)?;
+        let key = existing(&r#ref).extend()?;
+        Ok(Profile(store.set_status(tenant, &key, status.into()).await.extend()?))
+    }
+
+    /// Deletes a profile in any status, with its tags, groups and custom values; afterwards
+    /// every lookup of it finds nothing.
+    async fn delete_profile(&self, ctx: &Context<'_>, r#ref: ProfileRef) -> Result<DeletedProfile> {
+        let (store, tenant) = scope(ctx)?;
+        let key = existing(&r#ref).extend()?;
+        let id = store.delete(tenant, &key).await.extend()?;
+        Ok(DeletedProfile { id: ID(id.to_string()) })
+    }
+
+    /// Defines a custom field for the caller's tenant, or redefines the one of that name (its
+    /// options and maxLength; its type only while no stored value uses it).
+    async fn define_custom_field(&self, ctx: &Context<'_>, input: CustomFieldInput) -> Result<CustomFieldDefinition> {
+        let (store, tenant) = scope(ctx)?;
+        let field =
+            NewCustomField::new(input.name, input.field_type.into(), input.options, input.max_length).extend()?;
+        Ok(store.define_custom_field(tenant, field).await.extend()?.into())
+    }
+}
+
+/// The key of a profile a mutation must find; a reference that cannot name one is NOT_FOUND.
+fn existing(r#ref: &ProfileRef) -> Result<ProfileKey, Fault> {
+    r#ref.key().ok_or_else(|| Fault::not_found("profile"))
+}

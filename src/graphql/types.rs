@@ -1,0 +1,433 @@
+//! Output types, enums and shared inputs, written for clients rather than mirroring rows.
+
+use async_graphql::{Enum, ID, InputObject, Json, Object, OneofObject, SimpleObject};
+use chrono::{DateTime, Utc};
+use serde_json::{Map, Value};
+
+use crate::domain::{self, Field, ProfileKey, STANDARD_NAMES};
+use crate::store::ProfileView;
+
+/// Lifecycle state of a profile. Only `setProfileStatus` changes it.
+#[derive(Enum, Debug, Clone, Copy, PartialEq, Eq)]
+#[graphql(remote = "domain::ProfileStatus")]
+pub enum ProfileStatus {
+    /// The default: the profile takes updates.
+    Active,
+    /// Paused; takes updates and may become ACTIVE again.
+    Suspended,
+    /// Final: refuses every update and every further status change.
+    Closed,
+}
+
+/// Whether a profile stands for one person or a team.
+#[derive(Enum, Debug, Clone, Copy, PartialEq, Eq)]
+#[graphql(remote = "domain::MemberType")]
+pub enum MemberType {
+    /// One person.
+    Individual,
+    /// A team of people.
+    Team,
+}
+
+/// The type of a custom field, which decides the values it accepts.
+#[derive(Enum, Debug, Clone, Copy, PartialEq, Eq)]
+#[graphql(remote = "domain::CustomFieldType")]
+pub enum CustomFieldType {
+    /// Free text, at most maxLength characters (1,000 unless set).
+    Text,
+    /// A calendar date written YYYY-MM-DD.
+    Date,
+    /// Exactly one of the field's options.
+    Dropdown,
+    /// A decimal number such as 42 or -1.5.
+    Number,
+    /// `true` or `false`.
+    Boolean,
+}
+
+/// Exactly one identifier of a profile, scoped to the caller's tenant.
+#[derive(OneofObject, Debug, Clone)]
+pub enum ProfileRef {
+    /// The profile's id, a UUID.
+    Id(ID),
+    /// Your own id for the profile.
+    ExternalId(String),
+    /// The per-tenant serial number ("1", "2", ...).
+    SerialNumber(String),
+}
+
+impl ProfileRef {
+    /// The key to look up, or `None` when the reference cannot name any profile (an id that
+    /// is not a UUID, a serial number that is not a number).
+    pub fn key(&self) -> Option<ProfileKey> {
+        match self {
+            ProfileRef::Id(id) => uuid::Uuid::parse_str(id).ok().map(ProfileKey::Id),
+            ProfileRef::ExternalId(id) => Some(ProfileKey::ExternalId(id.clone())),
+            ProfileRef::SerialNumber(serial) => serial.parse().ok().map(ProfileKey::SerialNumber),
+        }
+    }
+}
+
+/// Which profiles to list; every filter given must hold.
+#[derive(InputObject, Debug, Clone, Default)]
+pub struct ProfileFilter {
+    /// Only profiles in this status.
+    pub status: Option<ProfileStatus>,
+    /// Only profiles with a tag of this key.
+    pub tag: Option<String>,
+    /// Only profiles in this group.
+    pub group: Option<String>,
+}
+
+/// A custom field to define, or to redefine by its name.
+#[derive(InputObject, Debug, Clone)]
+pub struct CustomFieldInput {
+    /// The field's name: a letter, then up to 63 letters, digits or underscores; not a
+    /// standard name such as Email.
+    pub name: String,
+    /// The field's type. It cannot change while stored values use the field.
+    #[graphql(name = "type")]
+    pub field_type: CustomFieldType,
+    /// The choices of a DROPDOWN, at least one, each once. Options that stored values use
+    /// cannot be removed.
+    pub options: Option<Vec<String>>,
+    /// Longest TEXT value, 1 to 10,000 characters (1,000 when not set).
+    pub max_length: Option<i32>,
+}
+
+/// A tag of a profile.
+#[derive(SimpleObject, Debug, Clone)]
+pub struct Tag {
+    /// The tag key, unique on the profile.
+    pub key: String,
+    /// The tag value; null for a tag without one (as the loyalty dialect writes them).
+    pub value: Option<String>,
+}
+
+/// One custom field of the tenant with this profile's value.
+#[derive(SimpleObject, Debug, Clone)]
+pub struct CustomFieldValue {
+    /// The custom field's name.
+    pub name: String,
+    /// The custom field's type.
+    #[graphql(name = "type")]
+    pub field_type: CustomFieldType,
+    /// This profile's value, or null when it has none.
+    pub value: Option<String>,
+}
+
+/// A custom field the tenant defined.
+#[derive(SimpleObject, Debug, Clone)]
+pub struct CustomFieldDefinition {
+    /// The field's name, as used in profileValues updates.
+    pub name: String,
+    /// The field's type.
+    #[graphql(name = "type")]
+    pub field_type: CustomFieldType,
+    /// The choices of a DROPDOWN; empty for other types.
+    pub options: Vec<String>,
+    /// Longest TEXT value; null means the default of 1,000.
+    pub max_length: Option<i32>,
+}
+
+impl From<domain::CustomFieldDefinition> for CustomFieldDefinition {
+    fn from(field: domain::CustomFieldDefinition) -> Self {
+        CustomFieldDefinition {
+            name: field.name,
+            field_type: field.field_type.into(),
+            options: field.options,
+            max_length: field.max_length,
+        }
+    }
+}
+
+/// One canonical field an update changed.
+#[derive(SimpleObject, Debug, Clone)]
+pub struct FieldChange {
+    /// The canonical name: `firstName`, `attributes.<key>`, `tags.<key>`, `groups` or
+    /// `customFields.<name>`.
+    pub field: String,
+    /// The value before; null when absent. A tag is `{"value": ...}`; groups are the sorted list.
+    pub before: Option<Json<Value>>,
+    /// The value after, in the same form.
+    pub after: Option<Json<Value>>,
+}
+
+impl From<domain::FieldChange> for FieldChange {
+    fn from(change: domain::FieldChange) -> Self {
+        let json = |value: Value| (!value.is_null()).then_some(Json(value));
+        FieldChange {
+            field: change.field,
+            before: json(change.before),
+            after: json(change.after),
+        }
+    }
+}
+
+/// What `updateProfile` did, or would do with `dryRun`.
+#[derive(SimpleObject)]
+pub struct UpdateProfilePayload {
+    /// The profile after the update (with `dryRun`, as it would be; nothing is stored).
+    pub profile: Profile,
+    /// Every canonical field that changed; empty when the update changed nothing.
+    pub changes: Vec<FieldChange>,
+    /// Whether this was a dry run that stored nothing.
+    pub dry_run: bool,
+}
+
+/// The profile `deleteProfile` removed.
+#[derive(SimpleObject)]
+pub struct DeletedProfile {
+    /// The id the profile had.
+    pub id: ID,
+}
+
+/// Where a page of a list stands.
+#[derive(SimpleObject)]
+pub struct PageInfo {
+    /// Whether more items follow this page.
+    pub has_next_page: bool,
+    /// The cursor of the last item of this page; pass it as `after` for the next page.
+    pub end_cursor: Option<String>,
+}
+
+/// A profile with its cursor.
+#[derive(SimpleObject)]
+pub struct ProfileEdge {
+    /// Pass as `after` to list the profiles that follow this one.
+    pub cursor: String,
+    /// The profile.
+    pub node: Profile,
+}
+
+/// One page of profiles, oldest (lowest serial number) first.
+#[derive(SimpleObject)]
+pub struct ProfileConnection {
+    /// The profiles of this page with their cursors.
+    pub edges: Vec<ProfileEdge>,
+    /// The profiles of this page.
+    pub nodes: Vec<Profile>,
+    /// Whether another page follows, and where it starts.
+    pub page_info: PageInfo,
+    /// How many profiles match the filter, over all pages.
+    pub total_count: i64,
+}
+
+/// One person's (or team's) canonical profile, whichever vendor dialect wrote it.
+#[derive(Clone)]
+pub struct Profile(pub ProfileView);
+
+impl Profile {
+    fn text(&self, field: Field) -> Option<&str> {
+        self.0.profile.text(field)
+    }
+}
+
+#[Object]
+impl Profile {
+    /// The profile's id, a UUID assigned on create.
+    async fn id(&self) -> ID {
+        ID(self.0.profile.id.to_string())
+    }
+
+    /// Per-tenant counter assigned on create ("1", "2", ...); never reused, never changed.
+    async fn serial_number(&self) -> String {
+        self.0.profile.serial_number.to_string()
+    }
+
+    /// Your own id for this profile, unique within the tenant.
+    async fn external_id(&self) -> Option<&str> {
+        self.text(Field::ExternalId)
+    }
+
+    /// Lifecycle state; only `setProfileStatus` changes it.
+    async fn status(&self) -> ProfileStatus {
+        self.0.profile.status.into()
+    }
+
+    /// Whether the profile stands for a person or a team.
+    async fn member_type(&self) -> Option<MemberType> {
+        self.0.profile.member_type().map(Into::into)
+    }
+
+    /// Display name.
+    async fn name(&self) -> Option<&str> {
+        self.text(Field::Name)
+    }
+
+    /// E-mail address.
+    async fn email(&self) -> Option<&str> {
+        self.text(Field::Email)
+    }
+
+    /// Role, as the shop dialect sets it.
+    async fn role(&self) -> Option<&str> {
+        self.text(Field::Role)
+    }
+
+    /// Whether the person agreed to marketing.
+    async fn marketing_consent(&self) -> Option<bool> {
+        self.0.profile.flag(Field::MarketingConsent)
+    }
+
+    /// Whether the person accepts marketing e-mail.
+    async fn accepts_marketing(&self) -> Option<bool> {
+        self.0.profile.flag(Field::AcceptsMarketing)
+    }
+
+    /// Given name.
+    async fn first_name(&self) -> Option<&str> {
+        self.text(Field::FirstName)
+    }
+
+    /// Family name.
+    async fn last_name(&self) -> Option<&str> {
+        self.text(Field::LastName)
+    }
+
+    /// Job title.
+    async fn title(&self) -> Option<&str> {
+        self.text(Field::Title)
+    }
+
+    /// Company or organisation.
+    async fn organization(&self) -> Option<&str> {
+        self.text(Field::Organization)
+    }
+
+    /// Phone number, as written.
+    async fn phone_number(&self) -> Option<&str> {
+        self.text(Field::PhoneNumber)
+    }
+
+    /// First line of the postal address.
+    async fn address(&self) -> Option<&str> {
+        self.text(Field::Address)
+    }
+
+    /// Second line of the postal address.
+    async fn address2(&self) -> Option<&str> {
+        self.text(Field::Address2)
+    }
+
+    /// City.
+    async fn city(&self) -> Option<&str> {
+        self.text(Field::City)
+    }
+
+    /// State or region.
+    async fn state_region(&self) -> Option<&str> {
+        self.text(Field::StateRegion)
+    }
+
+    /// Postal code.
+    async fn zip_code(&self) -> Option<&str> {
+        self.text(Field::ZipCode)
+    }
+
+    /// Country.
+    async fn country(&self) -> Option<&str> {
+        self.text(Field::Country)
+    }
+
+    /// Latitude in degrees, -90 to 90.
+    async fn latitude(&self) -> Option<f64> {
+        self.0.profile.number(Field::Latitude)
+    }
+
+    /// Longitude in degrees, -180 to 180.
+    async fn longitude(&self) -> Option<f64> {
+        self.0.profile.number(Field::Longitude)
+    }
+
+    /// Time zone, such as "Europe/London".
+    async fn timezone(&self) -> Option<&str> {
+        self.text(Field::Timezone)
+    }
+
+    /// Preferred locale, such as "en-GB".
+    async fn locale(&self) -> Option<&str> {
+        self.text(Field::Locale)
+    }
+
+    /// The person's id at Klaviyo.
+    async fn klaviyo_id(&self) -> Option<&str> {
+        self.text(Field::KlaviyoId)
+    }
+
+    /// Biography, up to 4,000 characters.
+    async fn biography(&self) -> Option<&str> {
+        self.text(Field::Biography)
+    }
+
+    /// Category, such as "VIP".
+    async fn category(&self) -> Option<&str> {
+        self.text(Field::Category)
+    }
+
+    /// Key/value metadata, a JSON object.
+    async fn attributes(&self) -> Json<&Map<String, Value>> {
+        Json(&self.0.profile.attributes)
+    }
+
+    /// Tags, sorted by key.
+    async fn tags(&self) -> Vec<Tag> {
+        self.0
+            .profile
+            .tags
+            .iter()
+            .map(|(key, value)| Tag {
+                key: key.clone(),
+                value: value.clone(),
+            })
+            .collect()
+    }
+
+    /// Groups, sorted.
+    async fn groups(&self) -> Vec<&str> {
+        self.0.profile.groups.iter().map(String::as_str).collect()
+    }
+
+    /// Every custom field of the tenant, with this profile's value or null.
+    async fn custom_fields(&self) -> Vec<CustomFieldValue> {
+        self.0
+            .custom_fields
+            .iter()
+            .map(|field| CustomFieldValue {
+                name: field.name.clone(),
+                field_type: field.field_type.into(),
+                value: self.0.profile.custom.get(&field.name).cloned(),
+            })
+            .collect()
+    }
+
+    /// Flat view: standard field names (First_Name, Email, ...) and custom field names to their values.
+    async fn values(&self) -> Json<Map<String, Value>> {
+        let profile = &self.0.profile;
+        let standard = STANDARD_NAMES.iter().filter_map(|(name, field)| {
+            profile
+                .text(*field)
+                .map(|value| ((*name).to_owned(), Value::from(value)))
+        });
+        let custom = profile
+            .custom
+            .iter()
+            .map(|(name, value)| (name.clone(), Value::from(value.as_str())));
+        Json(standard.chain(custom).collect())
+    }
+
+    /// Starts at 1 and grows by exactly one with every mutation that changes the profile.
+    async fn version(&self) -> i32 {
+        self.0.profile.version
+    }
+
+    /// When the profile was created (UTC).
+    async fn created_at(&self) -> DateTime<Utc> {
+        self.0.profile.created_at
+    }
+
+    /// When the profile last changed (UTC).
+    async fn updated_at(&self) -> DateTime<Utc> {
+        self.0.profile.updated_at
+    }
+}

@@ -1,0 +1,26 @@
+//! profile-gateway: one GraphQL API over five vendor dialects of profile updates.
+//!
+//! Layout, from the edge inwards:
+//!
+//! - [`cli`]: the `profile-gateway` command line (`serve`, `migrate`, `print-schema`).
+//! - [`http`]: the axum router: `/graphql`, `/graphiql`, `/healthz`.
+//! - [`graphql`]: the schema, its client-facing types and thin resolvers.
+//! - [`dialects`]: each vendor's `updateProfile` input and its `TryFrom` translation into the
+//!   canonical change set; pure, with the unit tests of DIALECTS.md beside them.
+//! - [`domain`]: the canonical profile, the change set and the pure function applying it.
+//! - [`store`]: the engine that loads, applies and saves a change set in one transaction.
+//! - [`entity`]: SeaORM entities; [`db`]: connecting and migrating (migrations live in the
+//!   `migrations/` crate).
+//! - [`error`]: the one error type and its mapping to `extensions.code`.
+
+pub mod cli;
+pub mod db;
+pub mod dialects;
+pub mod domain;
+pub mod entity;
+pub mod error;
+pub mod graphql;
+pub mod http;
+pub mod store;
+
+pub use graphql::{AppSchema, schema, sdl};
