@@ -27,7 +27,6 @@ pub fn schema() -> SchemaBuilder<Query, Mutation, EmptySubscription> {
 pub fn sdl() -> String {
     let options = async_graphql::SDLExportOptions::new()
         .sorted_fields()
-        .sorted_arguments()
         .sorted_enum_items();
     schema().finish().sdl_with_options(options)
 }
