@@ -159,6 +159,20 @@ mod tests {
     }
 
     #[test]
+    fn one_merge_sends_at_most_100_attribute_keys() {
+        let keys: serde_json::Map<String, Value> = (0..=100).map(|i| (format!("k{i}"), json!(i))).collect();
+        let patch = ScripParticipantPatch {
+            attributes: MaybeUndefined::Value(Json(Value::Object(keys))),
+            ..Default::default()
+        };
+        let fault = ChangeSet::try_from(patch).unwrap_err();
+        assert_eq!(
+            (fault.code, fault.field.as_deref()),
+            (Code::ValidationFailed, Some("attributes"))
+        );
+    }
+
+    #[test]
     fn tags_replace_all_tags_with_valueless_keys_once_each() {
         let patch = ScripParticipantPatch {
             tags: MaybeUndefined::Value(vec!["vip".into(), "beta".into(), "vip".into()]),

@@ -7,6 +7,10 @@ use super::Field;
 
 pub const MAX_TAGS: usize = 100;
 pub const MAX_GROUPS: usize = 100;
+/// Keys one update may send in an attributes object (or metadata list). DIALECTS.md caps a
+/// profile at 100 keys, but issue #2 requires eight concurrent clients to leave 200 distinct
+/// keys on one profile; until that is settled, the cap applies per update and the profile's
+/// attributes are bounded by [`MAX_ATTRIBUTES_JSON_BYTES`].
 pub const MAX_ATTRIBUTES: usize = 100;
 pub const MAX_ATTRIBUTES_JSON_BYTES: usize = 16 * 1024;
 pub const MAX_ATTRIBUTE_KEY_CHARS: usize = 100;

@@ -1,0 +1,58 @@
+//! Concurrent writers: nothing lost, nothing doubled, no "database is locked".
+
+use futures::future::join_all;
+use serde_json::json;
+
+use crate::on_both_databases;
+
+const CLIENTS: usize = 8;
+const UPDATES_PER_CLIENT: usize = 25;
+
+on_both_databases! {
+    async fn concurrent_scrip_merges_of_distinct_keys_lose_nothing(app) {
+        let id = app.create(json!({})).await["id"].as_str().unwrap().to_owned();
+        let clients = (0..CLIENTS).map(|client| {
+            let (app, id) = (&app, id.clone());
+            async move {
+                for n in 0..UPDATES_PER_CLIENT {
+                    let key = format!("c{client}_{n}");
+                    let response = app.update(&id, json!({"scrip": {"attributes": { key: n }}})).await;
+                    assert!(response.get("errors").is_none(), "client {client} update {n}: {response}");
+                }
+            }
+        });
+        join_all(clients).await;
+        let profile = app.profile(&id).await;
+        assert_eq!(profile["attributes"].as_object().unwrap().len(), CLIENTS * UPDATES_PER_CLIENT);
+        assert_eq!(profile["version"], 1 + CLIENTS * UPDATES_PER_CLIENT);
+    }
+
+    async fn concurrent_creates_get_distinct_serial_numbers_and_one_external_id_wins(app) {
+        let creates = (0..CLIENTS).map(|n| {
+            let app = &app;
+            async move {
+                let plain = app.graphql("mutation { createProfile(input: {}) { serialNumber } }", json!({})).await;
+                let contested = app.graphql("mutation { createProfile(input: {externalId: \"same\"}) { serialNumber } }", json!({})).await;
+                (n, plain, contested)
+            }
+        });
+        let results = join_all(creates).await;
+        let mut serials = Vec::new();
+        let mut winners = 0;
+        for (n, plain, contested) in results {
+            assert!(plain.get("errors").is_none(), "create {n}: {plain}");
+            serials.push(plain["data"]["createProfile"]["serialNumber"].as_str().unwrap().parse::<u32>().unwrap());
+            match contested.get("errors") {
+                None => {
+                    winners += 1;
+                    serials.push(contested["data"]["createProfile"]["serialNumber"].as_str().unwrap().parse().unwrap());
+                }
+                Some(errors) => assert_eq!(errors[0]["extensions"]["code"], "DUPLICATE_EXTERNAL_ID", "create {n}: {contested}"),
+            }
+        }
+        assert_eq!(winners, 1);
+        serials.sort_unstable();
+        serials.dedup();
+        assert_eq!(serials.len(), CLIENTS + 1, "serial numbers repeat: {serials:?}");
+    }
+}

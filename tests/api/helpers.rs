@@ -1,0 +1,210 @@
+//! A running gateway on port 0 over a fresh database, spoken to over HTTP.
+
+use profile_gateway::store::Store;
+use profile_gateway::{db, http};
+use sea_orm::{ConnectionTrait, Database};
+use serde_json::{Value, json};
+
+/// Set to a PostgreSQL URL (its database is only used to create per-test databases) to run
+/// every test on PostgreSQL too. When set, an unreachable server fails the tests.
+pub const POSTGRES_URL_VAR: &str = "TEST_POSTGRES_URL";
+
+pub struct TestApp {
+    pub address: String,
+    client: reqwest::Client,
+    _database: TestDatabase,
+}
+
+enum TestDatabase {
+    Sqlite(#[allow(dead_code)] tempfile::TempDir),
+    Postgres { admin_url: String, name: String },
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        if let TestDatabase::Postgres { admin_url, name } = self {
+            let (admin_url, name) = (admin_url.clone(), name.clone());
+            // Drop is synchronous; a thread of its own runs the async cleanup.
+            let dropped = std::thread::spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+                runtime.block_on(async {
+                    let admin = Database::connect(&admin_url).await?;
+                    admin
+                        .execute_unprepared(&format!(r#"DROP DATABASE IF EXISTS "{name}" WITH (FORCE)"#))
+                        .await?;
+                    Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
+                })
+            })
+            .join();
+            if !matches!(dropped, Ok(Ok(()))) {
+                eprintln!("could not drop the test database {}", self.name());
+            }
+        }
+    }
+}
+
+impl TestDatabase {
+    fn name(&self) -> &str {
+        match self {
+            TestDatabase::Sqlite(_) => "sqlite",
+            TestDatabase::Postgres { name, .. } => name,
+        }
+    }
+}
+
+impl TestApp {
+    /// The gateway over a new SQLite file in a temporary directory.
+    pub async fn sqlite() -> TestApp {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let url = format!("sqlite://{}", dir.path().join("gateway.db").display());
+        Self::start(&url, TestDatabase::Sqlite(dir)).await
+    }
+
+    /// The gateway over a new PostgreSQL database, or `None` when `TEST_POSTGRES_URL` is unset.
+    pub async fn postgres() -> Option<TestApp> {
+        let Ok(admin_url) = std::env::var(POSTGRES_URL_VAR) else {
+            eprintln!("{POSTGRES_URL_VAR} is not set: not running this test on PostgreSQL");
+            return None;
+        };
+        let admin = Database::connect(&admin_url)
+            .await
+            .unwrap_or_else(|err| panic!("{POSTGRES_URL_VAR} is set but PostgreSQL is unreachable: {err}"));
+        let name = format!("pgw_test_{}", uuid::Uuid::new_v4().simple());
+        admin
+            .execute_unprepared(&format!(r#"CREATE DATABASE "{name}""#))
+            .await
+            .expect("CREATE DATABASE");
+        admin.close().await.ok();
+        let (base, _) = admin_url
+            .rsplit_once('/')
+            .expect("a PostgreSQL URL ends with /DATABASE");
+        let url = format!("{base}/{name}");
+        Some(Self::start(&url, TestDatabase::Postgres { admin_url, name }).await)
+    }
+
+    async fn start(url: &str, database: TestDatabase) -> TestApp {
+        let connection = db::connect(url).await.expect("connect to the test database");
+        db::migrate(&connection).await.expect("apply the migrations");
+        let router = http::router(Store::new(connection)).await.expect("build the router");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind port 0");
+        let address = format!("http://{}", listener.local_addr().expect("a local address"));
+        tokio::spawn(async move { axum::serve(listener, router).await });
+        TestApp {
+            address,
+            client: reqwest::Client::new(),
+            _database: database,
+        }
+    }
+
+    /// Posts a GraphQL request and returns the whole response body.
+    pub async fn graphql(&self, query: &str, variables: Value) -> Value {
+        self.client
+            .post(format!("{}/graphql", self.address))
+            .json(&json!({ "query": query, "variables": variables }))
+            .send()
+            .await
+            .expect("the request is sent")
+            .json()
+            .await
+            .expect("the response is JSON")
+    }
+
+    /// `data` of a request that must succeed.
+    pub async fn ok(&self, query: &str, variables: Value) -> Value {
+        let response = self.graphql(query, variables).await;
+        assert!(response.get("errors").is_none(), "unexpected errors: {response:#}");
+        response["data"].clone()
+    }
+
+    /// The single error of a request that must fail.
+    pub async fn error(&self, query: &str, variables: Value) -> Value {
+        let response = self.graphql(query, variables).await;
+        let errors = response["errors"]
+            .as_array()
+            .unwrap_or_else(|| panic!("expected an error: {response:#}"));
+        assert_eq!(errors.len(), 1, "expected one error: {response:#}");
+        errors[0].clone()
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .expect("a client");
+        client
+            .get(format!("{}{path}", self.address))
+            .send()
+            .await
+            .expect("the request is sent")
+    }
+
+    /// Creates a profile from `input` and returns the selected fields.
+    pub async fn create(&self, input: Value) -> Value {
+        let data = self
+            .ok(
+                "mutation($input: CreateProfileInput!) { createProfile(input: $input) { id serialNumber externalId version } }",
+                json!({ "input": input }),
+            )
+            .await;
+        data["createProfile"].clone()
+    }
+
+    /// Runs `updateProfile` on the profile with `id`; returns the whole response.
+    pub async fn update(&self, id: &str, update: Value) -> Value {
+        self.graphql(UPDATE, json!({ "ref": { "id": id }, "update": update }))
+            .await
+    }
+
+    /// The profile with `id`, with every field tests look at.
+    pub async fn profile(&self, id: &str) -> Value {
+        self.ok(
+            &format!("query($id: ID!) {{ profile(ref: {{id: $id}}) {{ {PROFILE_FIELDS} }} }}"),
+            json!({ "id": id }),
+        )
+        .await["profile"]
+            .clone()
+    }
+}
+
+pub const PROFILE_FIELDS: &str = "id serialNumber externalId status memberType name email role marketingConsent \
+    acceptsMarketing firstName lastName title organization phoneNumber address address2 city stateRegion zipCode \
+    country latitude longitude timezone locale klaviyoId biography category attributes tags { key value } groups \
+    customFields { name type value } values version createdAt updatedAt";
+
+pub const UPDATE: &str =
+    "mutation($ref: ProfileRef!, $update: ProfileUpdate!, $expectedVersion: Int, $dryRun: Boolean! = false) {
+    updateProfile(ref: $ref, update: $update, expectedVersion: $expectedVersion, dryRun: $dryRun) {
+        profile { id externalId version name firstName lastName email city latitude longitude memberType
+                  attributes tags { key value } groups values customFields { name type value } }
+        changes { field before after }
+        dryRun
+    }
+}";
+
+/// Runs each listed test against SQLite and, when `TEST_POSTGRES_URL` is set, PostgreSQL.
+/// `api::<module>::<sentence>::on_sqlite` and `…::on_postgres` are the test names.
+#[macro_export]
+macro_rules! on_both_databases {
+    ($(async fn $name:ident($app:ident) $body:block)*) => {
+        $(
+            mod $name {
+                #[allow(unused_imports)]
+                use super::*;
+
+                async fn run($app: $crate::helpers::TestApp) $body
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn on_sqlite() {
+                    run($crate::helpers::TestApp::sqlite().await).await;
+                }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn on_postgres() {
+                    if let Some(app) = $crate::helpers::TestApp::postgres().await {
+                        run(app).await;
+                    }
+                }
+            }
+        )*
+    };
+}

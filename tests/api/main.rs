@@ -1,0 +1,9 @@
+//! Integration tests: each starts the gateway on port 0 over a fresh database and speaks HTTP.
+
+mod helpers;
+
+mod concurrency;
+mod custom_fields;
+mod dialects;
+mod profiles;
+mod readme;
