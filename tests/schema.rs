@@ -112,3 +112,29 @@ fn schema_holds_every_name_and_type_of_the_contract() {
         missing.join("\n  ")
     );
 }
+
+/// `schema.graphql` builds with graphql-js 17, the reference implementation frontends use,
+/// and its @oneOf inputs behave as such there. `.ci/run` installs the checker and sets
+/// REQUIRE_GRAPHQL_JS so that a missing install fails rather than skips.
+#[test]
+fn schema_graphql_builds_with_graphql_js_17() {
+    let checker = root().join("tests/graphql-js");
+    if !checker.join("node_modules/graphql").exists() {
+        assert!(
+            std::env::var_os("REQUIRE_GRAPHQL_JS").is_none(),
+            "REQUIRE_GRAPHQL_JS is set but graphql-js is missing: run `npm ci --prefix tests/graphql-js`"
+        );
+        eprintln!("graphql-js is not installed (`npm ci --prefix tests/graphql-js`): not checking with it");
+        return;
+    }
+    let output = std::process::Command::new("node")
+        .arg(checker.join("check-schema.mjs"))
+        .arg(root().join("schema.graphql"))
+        .output()
+        .expect("node runs");
+    assert!(
+        output.status.success(),
+        "graphql-js refuses schema.graphql:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
