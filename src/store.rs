@@ -122,6 +122,18 @@ impl Store {
 
     /// Up to `first` profiles after serial number `after`, and how many match in all.
     pub async fn list(&self, tenant: TenantId, first: u64, after: Option<i64>, filter: &ProfileFilter) -> Result<Page> {
+        // No tag key or group holds U+0000 (PostgreSQL could not even compare it).
+        if [&filter.tag, &filter.group]
+            .into_iter()
+            .flatten()
+            .any(|name| name.contains('\0'))
+        {
+            return Ok(Page {
+                profiles: Vec::new(),
+                has_next_page: false,
+                total_count: 0,
+            });
+        }
         let tx = self.begin_read().await?;
         let mut condition = Condition::all().add(profile::Column::TenantId.eq(tenant.0));
         if let Some(status) = filter.status {

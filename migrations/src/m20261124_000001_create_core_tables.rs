@@ -176,11 +176,12 @@ impl MigrationTrait for Migration {
                     .to_owned(),
             )
             .await?;
-        // Serves "is this option still used by a stored value?" when a field is redefined.
+        // Serves "which values does this field hold?" when a field is redefined. Not on the
+        // value itself: a TEXT value may be longer than an index entry can be.
         plain_index(
             manager,
             CustomFieldValues::Table,
-            &[CustomFieldValues::FieldId, CustomFieldValues::Value],
+            &[CustomFieldValues::FieldId],
             "ix_custom_field_values_field",
         )
         .await

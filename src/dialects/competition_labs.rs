@@ -89,6 +89,12 @@ impl TryFrom<CompetitionLabsMemberPut> for ChangeSet {
                     format!("The metadata key \"{key}\" is listed twice."),
                 ));
             }
+            if value.contains('\0') {
+                return Err(Fault::validation(
+                    format!("metadata[{i}].value"),
+                    "A metadata value must not contain the NUL character (U+0000).",
+                ));
+            }
             attributes.insert(key, Value::String(value));
         }
         change.push(Op::ReplaceAttributes(attributes));

@@ -102,13 +102,15 @@ fn attribute_object(value: Value, path: &str, keep_nulls: bool) -> Result<Map<St
             format!("{path} holds at most {} keys.", rules::MAX_ATTRIBUTES),
         ));
     }
-    for key in map.keys() {
-        rules::attribute_key(key).map_err(|reason| {
-            Fault::validation(
-                format!("{path}.{}", rules::truncate(key)),
-                format!("An attribute key {reason}."),
-            )
-        })?;
+    for (key, value) in &map {
+        let at = || format!("{path}.{}", rules::truncate(key));
+        rules::attribute_key(key).map_err(|reason| Fault::validation(at(), format!("An attribute key {reason}.")))?;
+        if rules::json_has_nul(value) {
+            return Err(Fault::validation(
+                at(),
+                "An attribute value must not contain the NUL character (U+0000).",
+            ));
+        }
     }
     Ok(map
         .into_iter()

@@ -72,6 +72,17 @@ fn no_separators(s: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Whether any string in `value`, key or value, at any depth, holds U+0000, which
+/// PostgreSQL's text and jsonb types cannot store.
+pub fn json_has_nul(value: &serde_json::Value) -> bool {
+    match value {
+        serde_json::Value::String(s) => s.contains('\0'),
+        serde_json::Value::Array(items) => items.iter().any(json_has_nul),
+        serde_json::Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || json_has_nul(v)),
+        _ => false,
+    }
+}
+
 pub fn attribute_key(key: &str) -> Result<(), String> {
     non_empty_text(key, MAX_ATTRIBUTE_KEY_CHARS)
 }
@@ -164,6 +175,15 @@ mod tests {
         assert!(fragment_tag(&"k".repeat(51), None).is_err());
         assert!(fragment_tag("k", Some(&"v".repeat(201))).is_err());
         assert!(fragment_tag("k", Some("")).is_ok());
+    }
+
+    #[test]
+    fn nul_characters_are_found_at_any_depth() {
+        use serde_json::json;
+        assert!(!json_has_nul(&json!({"a": ["b", {"c": 1}]})));
+        assert!(json_has_nul(&json!("a\u{0}")));
+        assert!(json_has_nul(&json!({"a": [{"b": "\u{0}"}]})));
+        assert!(json_has_nul(&json!({"a": {"k\u{0}": 1}})));
     }
 
     #[test]

@@ -10,11 +10,16 @@ use crate::error::Fault;
 
 pub struct Mutation;
 
+/// Writes, always within the caller's tenant; each mutation is all or nothing.
 #[Object]
 impl Mutation {
     /// Creates a profile in the caller's tenant at version 1, status ACTIVE, with the next
     /// serial number. externalId must be unique in the tenant (DUPLICATE_EXTERNAL_ID).
-    async fn create_profile(&self, ctx: &Context<'_>, input: CreateProfileInput) -> Result<Profile> {
+    async fn create_profile(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "The new profile's fields; all optional.")] input: CreateProfileInput,
+    ) -> Result<Profile> {
         let (store, tenant) = scope(ctx)?;
         let change = ChangeSet::try_from(input).extend()?;
         Ok(Profile(store.create(tenant, &change).await.extend()?))
@@ -27,10 +32,15 @@ impl Mutation {
     async fn update_profile(
         &self,
         ctx: &Context<'_>,
-        r#ref: ProfileRef,
-        update: ProfileUpdate,
+        #[graphql(desc = "The profile to update: exactly one of id, externalId or serialNumber.")] r#ref: ProfileRef,
+        #[graphql(desc = "Exactly one vendor dialect and its input.")] update: ProfileUpdate,
+        #[graphql(desc = "Apply only if the profile is at this version (VERSION_CONFLICT otherwise).")]
         expected_version: Option<i32>,
-        #[graphql(default = false)] dry_run: bool,
+        #[graphql(
+            default = false,
+            desc = "Check the update and compute its result and changes, storing nothing."
+        )]
+        dry_run: bool,
     ) -> Result<UpdateProfilePayload> {
         let (store, tenant) = scope(ctx)?;
         let change = ChangeSet::try_from(update).extend()?;
@@ -48,7 +58,12 @@ impl Mutation {
 
     /// Moves a profile between ACTIVE and SUSPENDED, or to CLOSED, which is final
     /// (INVALID_STATUS_TRANSITION). Setting the current status changes nothing.
-    async fn set_profile_status(&self, ctx: &Context<'_>, r#ref: ProfileRef, status: ProfileStatus) -> Result<Profile> {
+    async fn set_profile_status(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "The profile: exactly one of id, externalId or serialNumber.")] r#ref: ProfileRef,
+        #[graphql(desc = "The status to move to.")] status: ProfileStatus,
+    ) -> Result<Profile> {
         let (store, tenant) = scope(ctx)?;
         let key = existing(&r#ref).extend()?;
         Ok(Profile(store.set_status(tenant, &key, status.into()).await.extend()?))
@@ -56,7 +71,11 @@ impl Mutation {
 
     /// Deletes a profile in any status, with its tags, groups and custom values; afterwards
     /// every lookup of it finds nothing.
-    async fn delete_profile(&self, ctx: &Context<'_>, r#ref: ProfileRef) -> Result<DeletedProfile> {
+    async fn delete_profile(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "The profile: exactly one of id, externalId or serialNumber.")] r#ref: ProfileRef,
+    ) -> Result<DeletedProfile> {
         let (store, tenant) = scope(ctx)?;
         let key = existing(&r#ref).extend()?;
         let id = store.delete(tenant, &key).await.extend()?;
@@ -65,7 +84,11 @@ impl Mutation {
 
     /// Defines a custom field for the caller's tenant, or redefines the one of that name (its
     /// options and maxLength; its type only while no stored value uses it).
-    async fn define_custom_field(&self, ctx: &Context<'_>, input: CustomFieldInput) -> Result<CustomFieldDefinition> {
+    async fn define_custom_field(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "The field's name, type, and options or maxLength.")] input: CustomFieldInput,
+    ) -> Result<CustomFieldDefinition> {
         let (store, tenant) = scope(ctx)?;
         let field =
             NewCustomField::new(input.name, input.field_type.into(), input.options, input.max_length).extend()?;

@@ -15,10 +15,15 @@ const CURSOR_PREFIX: &str = "profile:";
 
 pub struct Query;
 
+/// Reads, always within the caller's tenant.
 #[Object]
 impl Query {
     /// The profile `ref` names in the caller's tenant, or null when there is none.
-    async fn profile(&self, ctx: &Context<'_>, r#ref: ProfileRef) -> Result<Option<Profile>> {
+    async fn profile(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "Exactly one of id, externalId or serialNumber.")] r#ref: ProfileRef,
+    ) -> Result<Option<Profile>> {
         let (store, tenant) = scope(ctx)?;
         let Some(key) = r#ref.key() else {
             return Ok(None);
@@ -31,9 +36,9 @@ impl Query {
     async fn profiles(
         &self,
         ctx: &Context<'_>,
-        #[graphql(default = 20)] first: i32,
-        after: Option<String>,
-        filter: Option<ProfileFilter>,
+        #[graphql(default = 20, desc = "How many profiles to return, 0 to 100.")] first: i32,
+        #[graphql(desc = "The `endCursor` of the previous page; omit it for the first page.")] after: Option<String>,
+        #[graphql(desc = "Only the profiles that match every filter given.")] filter: Option<ProfileFilter>,
     ) -> Result<ProfileConnection> {
         let (store, tenant) = scope(ctx)?;
         let page_size = u64::try_from(first)

@@ -58,10 +58,12 @@ pub enum ProfileRef {
 
 impl ProfileRef {
     /// The key to look up, or `None` when the reference cannot name any profile (an id that
-    /// is not a UUID, a serial number that is not a number).
+    /// is not a UUID, a serial number that is not a number, an externalId with a character no
+    /// stored externalId has).
     pub fn key(&self) -> Option<ProfileKey> {
         match self {
             ProfileRef::Id(id) => uuid::Uuid::parse_str(id).ok().map(ProfileKey::Id),
+            ProfileRef::ExternalId(id) if id.contains('\0') => None,
             ProfileRef::ExternalId(id) => Some(ProfileKey::ExternalId(id.clone())),
             ProfileRef::SerialNumber(serial) => serial.parse().ok().map(ProfileKey::SerialNumber),
         }
@@ -213,7 +215,7 @@ pub struct ProfileConnection {
     pub total_count: i64,
 }
 
-/// One person's (or team's) canonical profile, whichever vendor dialect wrote it.
+/// A profile as the API returns it (see the `#[Object]` impl for its description).
 #[derive(Clone)]
 pub struct Profile(pub ProfileView);
 
@@ -223,6 +225,7 @@ impl Profile {
     }
 }
 
+/// One person's (or team's) canonical profile, whichever vendor dialect wrote it.
 #[Object]
 impl Profile {
     /// The profile's id, a UUID assigned on create.

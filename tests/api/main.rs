@@ -2,6 +2,7 @@
 
 mod helpers;
 
+mod bad_input;
 mod concurrency;
 mod custom_fields;
 mod dialects;
