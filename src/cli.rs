@@ -2,7 +2,12 @@
 
 use std::net::SocketAddr;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{ArgAction, Args, Parser, Subcommand};
+use uuid::Uuid;
+
+use crate::auth::{KeyInfo, Keys, Scope};
+use crate::http::{DEFAULT_TENANT, EdgeConfig, Limits};
+use crate::store::Store;
 
 /// One GraphQL API over five vendor dialects of profile updates.
 #[derive(Debug, Parser)]
@@ -21,6 +26,11 @@ pub enum Command {
         listen: SocketAddr,
         #[command(flatten)]
         database: Database,
+        /// Answer introspection queries (and suggest field names in errors): true or false.
+        #[arg(long, env = "GRAPHQL_INTROSPECTION", default_value_t = true, action = ArgAction::Set)]
+        introspection: bool,
+        #[command(flatten)]
+        limits: Limits,
     },
     /// Apply pending migrations and exit.
     Migrate {
@@ -29,6 +39,42 @@ pub enum Command {
     },
     /// Print the GraphQL schema (SDL), as schema.graphql holds it.
     PrintSchema,
+    /// Create, list and revoke API keys.
+    Apikey {
+        #[command(subcommand)]
+        command: ApikeyCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ApikeyCommand {
+    /// Create a key for a tenant (created if needed); the key is printed once, alone on the
+    /// last line.
+    Create {
+        /// The tenant the key acts for.
+        #[arg(long, value_parser = tenant_name)]
+        tenant: String,
+        /// read: queries; write: queries and profile mutations; admin: also defineCustomField.
+        #[arg(long, value_enum, default_value_t = Scope::Read)]
+        scope: Scope,
+        /// A note to tell keys apart in `apikey list`.
+        #[arg(long)]
+        label: Option<String>,
+        #[command(flatten)]
+        database: Database,
+    },
+    /// List every key: id, tenant, scope, label, created and last-used times. Never a secret.
+    List {
+        #[command(flatten)]
+        database: Database,
+    },
+    /// Revoke a key by its id; requests with it are refused from then on.
+    Revoke {
+        /// The key's id, as `apikey list` shows it.
+        id: Uuid,
+        #[command(flatten)]
+        database: Database,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -42,22 +88,136 @@ pub struct Database {
     pub url: String,
 }
 
+impl Database {
+    /// Connects and applies pending migrations.
+    async fn open(&self) -> Result<Store, BoxError> {
+        let db = crate::db::connect(&self.url).await?;
+        crate::db::migrate(&db).await?;
+        Ok(Store::new(db))
+    }
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+fn tenant_name(name: &str) -> Result<String, String> {
+    let valid = (1..=63).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    valid
+        .then(|| name.to_owned())
+        .ok_or_else(|| "1 to 63 letters, digits, '-', '_' or '.'".to_owned())
+}
+
 /// Runs one command to completion.
-pub async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+pub async fn run(cli: Cli) -> Result<(), BoxError> {
     match cli.command {
-        Command::Serve { listen, database } => {
-            let db = crate::db::connect(&database.url).await?;
-            crate::db::migrate(&db).await?;
-            let router = crate::http::router(crate::store::Store::new(db)).await?;
+        Command::Serve {
+            listen,
+            database,
+            introspection,
+            limits,
+        } => {
+            let store = database.open().await?;
+            let keys = Keys::new(store.clone());
+            let mut graphiql_key = None;
+            if !keys.any().await? {
+                let first = keys
+                    .create(DEFAULT_TENANT, Scope::Admin, Some("created on first start".to_owned()))
+                    .await?;
+                println!(
+                    "No API key existed, so an admin key for tenant \"{DEFAULT_TENANT}\" was created. \
+                     It is shown only now; send it as X-API-Key:\n{}",
+                    first.key
+                );
+                // Only a loopback listener may hand the key to whoever opens GraphiQL.
+                if listen.ip().is_loopback() {
+                    graphiql_key = Some(first.key);
+                }
+            }
+            let router = crate::http::router(
+                store,
+                EdgeConfig {
+                    limits,
+                    introspection,
+                    graphiql_key,
+                },
+            )?;
             let listener = crate::http::bind(listen).await?;
             crate::http::serve(listener, router).await?;
         }
         Command::Migrate { database } => {
-            let db = crate::db::connect(&database.url).await?;
-            crate::db::migrate(&db).await?;
+            database.open().await?;
             tracing::info!("migrations applied");
         }
         Command::PrintSchema => print!("{}", crate::sdl()),
+        Command::Apikey { command } => apikey(command).await?,
     }
     Ok(())
+}
+
+async fn apikey(command: ApikeyCommand) -> Result<(), BoxError> {
+    match command {
+        ApikeyCommand::Create {
+            tenant,
+            scope,
+            label,
+            database,
+        } => {
+            let keys = Keys::new(database.open().await?);
+            let created = keys.create(&tenant, scope, label).await?;
+            println!(
+                "Created {scope} key {} for tenant \"{tenant}\". It is shown only now:",
+                created.info.id
+            );
+            println!("{}", created.key);
+        }
+        ApikeyCommand::List { database } => {
+            let keys = Keys::new(database.open().await?).list().await?;
+            print!("{}", key_table(&keys));
+        }
+        ApikeyCommand::Revoke { id, database } => {
+            if !Keys::new(database.open().await?).revoke(id).await? {
+                return Err(format!("no active key has the id {id}").into());
+            }
+            println!("Revoked key {id}.");
+        }
+    }
+    Ok(())
+}
+
+fn key_table(keys: &[KeyInfo]) -> String {
+    let time = |at: Option<chrono::DateTime<chrono::Utc>>| {
+        at.map_or_else(|| "-".to_owned(), |at| at.format("%Y-%m-%d %H:%M:%S").to_string())
+    };
+    let mut table = format!(
+        "{:<36}  {:<16}  {:<5}  {:<20}  {:<19}  {:<19}  {}\n",
+        "ID", "TENANT", "SCOPE", "LABEL", "CREATED", "LAST USED", "REVOKED"
+    );
+    for key in keys {
+        table.push_str(&format!(
+            "{:<36}  {:<16}  {:<5}  {:<20}  {:<19}  {:<19}  {}\n",
+            key.id,
+            key.tenant,
+            key.scope.as_str(),
+            key.label.as_deref().unwrap_or("-"),
+            time(Some(key.created_at)),
+            time(key.last_used_at),
+            time(key.revoked_at),
+        ));
+    }
+    table
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tenant_names_are_short_plain_words() {
+        assert!(tenant_name("acme-eu_1.prod").is_ok());
+        for bad in ["", "has space", "x".repeat(64).as_str(), "ünï"] {
+            assert!(tenant_name(bad).is_err(), "{bad}");
+        }
+    }
 }

@@ -25,6 +25,8 @@ pub enum Code {
     VersionConflict,
     ProfileClosed,
     InvalidStatusTransition,
+    Unauthenticated,
+    Forbidden,
     Internal,
 }
 
@@ -42,6 +44,8 @@ impl Code {
             Code::VersionConflict => "VERSION_CONFLICT",
             Code::ProfileClosed => "PROFILE_CLOSED",
             Code::InvalidStatusTransition => "INVALID_STATUS_TRANSITION",
+            Code::Unauthenticated => "UNAUTHENTICATED",
+            Code::Forbidden => "FORBIDDEN",
             Code::Internal => "INTERNAL",
         }
     }

@@ -11,8 +11,10 @@
 //! - [`store`]: the engine that loads, applies and saves a change set in one transaction.
 //! - [`entity`]: SeaORM entities; [`db`]: connecting and migrating (migrations live in the
 //!   `migrations/` crate).
+//! - [`auth`]: API keys, scopes and the principal a request acts as.
 //! - [`error`]: the one error type and its mapping to `extensions.code`.
 
+pub mod auth;
 pub mod cli;
 pub mod db;
 pub mod dialects;

@@ -62,8 +62,78 @@ fn migrate_creates_and_migrates_a_sqlite_database_and_exits() {
     }
 }
 
+/// Runs `profile-gateway ARGS` and returns its stdout, failing the test if it fails.
+fn run(args: &[&str]) -> String {
+    let output = Command::new(BIN).args(args).output().expect("the binary runs");
+    assert!(
+        output.status.success(),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
 #[test]
-fn serve_creates_its_database_in_the_working_directory_and_logs_where_graphql_is() {
+fn apikey_create_prints_the_key_alone_on_the_last_line_and_list_never_shows_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("keys.db").display());
+    let created = run(&[
+        "apikey",
+        "create",
+        "--tenant",
+        "acme",
+        "--scope",
+        "write",
+        "--label",
+        "shop",
+        "--database-url",
+        &url,
+    ]);
+    let key = created.lines().last().unwrap();
+    assert!(key.starts_with("pgw_") && !key.contains(' '), "{created}");
+    let list = run(&["apikey", "list", "--database-url", &url]);
+    assert!(
+        !list.contains(key) && !list.contains(key.splitn(3, '_').nth(2).unwrap()),
+        "{list}"
+    );
+    let row = list
+        .lines()
+        .find(|line| line.contains("acme"))
+        .expect("the key is listed");
+    assert!(row.contains("write") && row.contains("shop"), "{row}");
+    let id = row.split_whitespace().next().unwrap();
+    let revoked = run(&["apikey", "revoke", id, "--database-url", &url]);
+    assert!(revoked.contains(id));
+    let list = run(&["apikey", "list", "--database-url", &url]);
+    let row = list.lines().find(|line| line.contains("acme")).unwrap();
+    assert!(!row.trim_end().ends_with('-'), "revocation time missing: {row}");
+    let again = Command::new(BIN)
+        .args(["apikey", "revoke", id, "--database-url", &url])
+        .output()
+        .unwrap();
+    assert!(!again.status.success(), "revoking twice should fail");
+}
+
+#[test]
+fn apikey_create_refuses_a_bad_tenant_name_or_scope() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("keys.db").display());
+    for args in [
+        ["--tenant", "has space", "--scope", "read"],
+        ["--tenant", "acme", "--scope", "root"],
+    ] {
+        let output = Command::new(BIN)
+            .args(["apikey", "create"])
+            .args(args)
+            .args(["--database-url", &url])
+            .output()
+            .unwrap();
+        assert!(!output.status.success(), "{args:?} was accepted");
+    }
+}
+
+#[test]
+fn serve_creates_its_database_and_a_first_key_and_logs_where_graphql_is() {
     let dir = tempfile::tempdir().unwrap();
     let mut child = Command::new(BIN)
         .args(["serve", "--listen", "127.0.0.1:0"])
@@ -71,15 +141,23 @@ fn serve_creates_its_database_in_the_working_directory_and_logs_where_graphql_is
         .env_remove("DATABASE_URL")
         .env_remove("LISTEN_ADDR")
         .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("the binary runs");
     let stderr = child.stderr.take().unwrap();
+    let stdout = child.stdout.take().unwrap();
     let _server = Server(child);
+    let mut stdout = BufReader::new(stdout).lines().map_while(Result::ok);
+    let key = stdout
+        .find(|line| line.starts_with("pgw_"))
+        .expect("the first start prints an admin key");
+    // Keep reading what the server writes, so that it never writes into a closed pipe.
+    std::thread::spawn(move || stdout.for_each(drop));
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut address = None;
-    for line in BufReader::new(stderr).lines() {
-        let line = line.unwrap();
+    let mut stderr = BufReader::new(stderr).lines().map_while(Result::ok);
+    for line in stderr.by_ref() {
         if let Some(rest) = line.split("GraphQL at ").nth(1) {
             assert!(line.contains("GraphiQL at http://"), "{line}");
             address = rest
@@ -90,6 +168,7 @@ fn serve_creates_its_database_in_the_working_directory_and_logs_where_graphql_is
         }
         assert!(Instant::now() < deadline, "the server did not say where it listens");
     }
+    std::thread::spawn(move || stderr.for_each(drop));
     let address = address.expect("the log names the GraphQL address");
     assert!(
         dir.path().join("profile-gateway.db").exists(),
@@ -97,12 +176,35 @@ fn serve_creates_its_database_in_the_working_directory_and_logs_where_graphql_is
     );
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
-        let health = reqwest::get(format!("{address}/healthz")).await.unwrap();
-        assert_eq!(health.status(), 200);
         let client = reqwest::Client::new();
+        assert_eq!(
+            client.get(format!("{address}/healthz")).send().await.unwrap().status(),
+            200
+        );
+        let graphiql = client
+            .get(format!("{address}/graphiql"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(
+            graphiql.contains(&key),
+            "GraphiQL does not send the first key on a loopback server"
+        );
+        let query = serde_json::json!({"query": "mutation { createProfile(input: {}) { serialNumber } }"});
+        let anonymous = client
+            .post(format!("{address}/graphql"))
+            .json(&query)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(anonymous.status(), 401);
         let created: serde_json::Value = client
             .post(format!("{address}/graphql"))
-            .json(&serde_json::json!({"query": "mutation { createProfile(input: {}) { serialNumber } }"}))
+            .header("X-API-Key", &key)
+            .json(&query)
             .send()
             .await
             .unwrap()

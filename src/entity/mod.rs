@@ -2,6 +2,7 @@
 //!
 //! Nothing outside `store` touches these; the GraphQL layer speaks in domain types.
 
+pub mod api_key;
 pub mod custom_field_definition;
 pub mod custom_field_value;
 pub mod profile;

@@ -17,6 +17,9 @@ use crate::store::{Store, TenantId};
 
 pub type AppSchema = Schema<Query, Mutation, EmptySubscription>;
 
+/// Mutation root fields that need an admin key; every other mutation needs write.
+pub const ADMIN_FIELDS: &[&str] = &["defineCustomField"];
+
 /// The schema with nothing attached: add `.data(store)` before `.finish()` to serve it.
 pub fn schema() -> SchemaBuilder<Query, Mutation, EmptySubscription> {
     Schema::build(Query, Mutation, EmptySubscription)

@@ -1,5 +1,7 @@
 //! A running gateway on port 0 over a fresh database, spoken to over HTTP.
 
+use profile_gateway::auth::{Keys, Scope};
+use profile_gateway::http::EdgeConfig;
 use profile_gateway::store::Store;
 use profile_gateway::{db, http};
 use sea_orm::{ConnectionTrait, Database};
@@ -11,7 +13,10 @@ pub const POSTGRES_URL_VAR: &str = "TEST_POSTGRES_URL";
 
 pub struct TestApp {
     pub address: String,
-    client: reqwest::Client,
+    pub client: reqwest::Client,
+    /// An admin key of the tenant `default`, which requests use unless told otherwise.
+    pub admin_key: String,
+    keys: Keys,
     _database: TestDatabase,
 }
 
@@ -55,9 +60,18 @@ impl TestDatabase {
 impl TestApp {
     /// The gateway over a new SQLite file in a temporary directory.
     pub async fn sqlite() -> TestApp {
+        Self::sqlite_with(EdgeConfig {
+            introspection: true,
+            ..EdgeConfig::default()
+        })
+        .await
+    }
+
+    /// The gateway over a new SQLite file, configured with `config`.
+    pub async fn sqlite_with(config: EdgeConfig) -> TestApp {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let url = format!("sqlite://{}", dir.path().join("gateway.db").display());
-        Self::start(&url, TestDatabase::Sqlite(dir)).await
+        Self::start(&url, TestDatabase::Sqlite(dir), config).await
     }
 
     /// The gateway over a new PostgreSQL database, or `None` when `TEST_POSTGRES_URL` is unset.
@@ -79,34 +93,66 @@ impl TestApp {
             .rsplit_once('/')
             .expect("a PostgreSQL URL ends with /DATABASE");
         let url = format!("{base}/{name}");
-        Some(Self::start(&url, TestDatabase::Postgres { admin_url, name }).await)
+        let config = EdgeConfig {
+            introspection: true,
+            ..EdgeConfig::default()
+        };
+        Some(Self::start(&url, TestDatabase::Postgres { admin_url, name }, config).await)
     }
 
-    async fn start(url: &str, database: TestDatabase) -> TestApp {
+    async fn start(url: &str, database: TestDatabase, config: EdgeConfig) -> TestApp {
         let connection = db::connect(url).await.expect("connect to the test database");
         db::migrate(&connection).await.expect("apply the migrations");
-        let router = http::router(Store::new(connection)).await.expect("build the router");
+        let store = Store::new(connection);
+        let keys = Keys::new(store.clone());
+        let admin_key = keys
+            .create("default", Scope::Admin, None)
+            .await
+            .expect("an admin key")
+            .key;
+        let router = http::router(store, config).expect("build the router");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind port 0");
         let address = format!("http://{}", listener.local_addr().expect("a local address"));
         tokio::spawn(async move { axum::serve(listener, router).await });
         TestApp {
             address,
             client: reqwest::Client::new(),
+            admin_key,
+            keys,
             _database: database,
         }
     }
 
-    /// Posts a GraphQL request and returns the whole response body.
+    /// A new key of `scope` for `tenant` (created if needed).
+    pub async fn key(&self, tenant: &str, scope: Scope) -> String {
+        self.keys.create(tenant, scope, None).await.expect("a key").key
+    }
+
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    /// Posts a GraphQL request with the admin key and returns the whole response body.
     pub async fn graphql(&self, query: &str, variables: Value) -> Value {
-        self.client
-            .post(format!("{}/graphql", self.address))
-            .json(&json!({ "query": query, "variables": variables }))
-            .send()
+        self.graphql_as(&self.admin_key, query, variables).await
+    }
+
+    /// Posts a GraphQL request with `key` and returns the whole response body.
+    pub async fn graphql_as(&self, key: &str, query: &str, variables: Value) -> Value {
+        self.post(Some(key), &json!({ "query": query, "variables": variables }))
             .await
-            .expect("the request is sent")
             .json()
             .await
             .expect("the response is JSON")
+    }
+
+    /// Posts `body` as JSON to /graphql, with `key` if any.
+    pub async fn post(&self, key: Option<&str>, body: &Value) -> reqwest::Response {
+        let mut request = self.client.post(format!("{}/graphql", self.address)).json(body);
+        if let Some(key) = key {
+            request = request.header("X-API-Key", key);
+        }
+        request.send().await.expect("the request is sent")
     }
 
     /// `data` of a request that must succeed.

@@ -1,0 +1,77 @@
+//! Limits on what one request may ask for, each refused before execution.
+
+use std::time::Duration;
+
+/// Every limit of the GraphQL edge; each has a flag and an environment variable.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Limits {
+    /// Largest request body in bytes; a larger one is refused with 413 before it is read.
+    #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
+    pub max_body_bytes: usize,
+    /// Largest GraphQL document (the `query` text) in bytes.
+    #[arg(long, env = "MAX_DOCUMENT_BYTES", default_value_t = 32 * 1024)]
+    pub max_document_bytes: usize,
+    /// Deepest nesting of fields in an operation.
+    #[arg(long, env = "MAX_QUERY_DEPTH", default_value_t = 16)]
+    pub max_depth: usize,
+    /// Most fields one operation may select, counting every fragment use.
+    #[arg(long, env = "MAX_QUERY_COMPLEXITY", default_value_t = 1000)]
+    pub max_complexity: usize,
+    /// Most aliased fields in an operation.
+    #[arg(long, env = "MAX_QUERY_ALIASES", default_value_t = 30)]
+    pub max_aliases: usize,
+    /// Most root fields in an operation.
+    #[arg(long, env = "MAX_ROOT_FIELDS", default_value_t = 10)]
+    pub max_root_fields: usize,
+    /// Most operations in one batch; a batch may hold queries only.
+    #[arg(long, env = "MAX_BATCH_OPERATIONS", default_value_t = 10)]
+    pub max_batch_operations: usize,
+    /// Longest list in any input, inline or in variables (tags, values, groups, ...).
+    #[arg(long, env = "MAX_INPUT_LIST", default_value_t = 100)]
+    pub max_input_list: usize,
+    /// Longest a request may run, in seconds, before it is stopped.
+    #[arg(long = "request-timeout-secs", env = "REQUEST_TIMEOUT_SECS", default_value_t = 10)]
+    pub request_timeout_secs: u64,
+}
+
+impl Limits {
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_secs(self.request_timeout_secs)
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_body_bytes: 1024 * 1024,
+            max_document_bytes: 32 * 1024,
+            max_depth: 16,
+            max_complexity: 1000,
+            max_aliases: 30,
+            max_root_fields: 10,
+            max_batch_operations: 10,
+            max_input_list: 100,
+            request_timeout_secs: 10,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        limits: Limits,
+    }
+
+    #[test]
+    fn the_flag_defaults_are_the_documented_defaults() {
+        let parsed = Cli::parse_from(["test"]).limits;
+        let defaults = Limits::default();
+        assert_eq!(format!("{parsed:?}"), format!("{defaults:?}"));
+    }
+}

@@ -1,0 +1,156 @@
+//! The HTTP edge: routes, request ids, API keys, limits, and serving until shutdown.
+
+mod analysis;
+mod graphql;
+pub mod limits;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_graphql::http::GraphiQLSource;
+use axum::Router;
+use axum::extract::Request;
+use axum::http::HeaderValue;
+use axum::middleware::{self, Next};
+use axum::response::{Html, Redirect, Response};
+use axum::routing::get;
+use tokio::net::TcpListener;
+use tracing::Instrument;
+use uuid::Uuid;
+
+pub use analysis::SchemaIndex;
+pub use graphql::{Media, negotiate};
+pub use limits::Limits;
+
+use crate::auth::Keys;
+use crate::graphql::AppSchema;
+use crate::store::Store;
+
+/// The tenant a newcomer's first key belongs to.
+pub const DEFAULT_TENANT: &str = "default";
+
+/// How the edge behaves.
+#[derive(Debug, Clone, Default)]
+pub struct EdgeConfig {
+    pub limits: Limits,
+    /// Whether introspection (and "Did you mean …" suggestions) are on.
+    pub introspection: bool,
+    /// A key GraphiQL sends for the user: only for a key made on this start, on loopback.
+    pub graphiql_key: Option<String>,
+}
+
+/// Names one request in its response (`x-request-id`, `extensions.requestId`) and its log lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestId(Uuid);
+
+impl fmt::Display for RequestId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+#[derive(Clone)]
+pub(crate) struct AppState {
+    schema: AppSchema,
+    keys: Keys,
+    limits: Arc<Limits>,
+    index: Arc<SchemaIndex>,
+    graphiql: Arc<str>,
+}
+
+/// The service's routes over a migrated store.
+pub fn router(store: Store, config: EdgeConfig) -> crate::error::Result<Router> {
+    let mut schema = crate::schema().extension(graphql::TrackExecution);
+    if !config.introspection {
+        schema = schema.disable_introspection().disable_suggestions();
+    }
+    let index = SchemaIndex::new(&crate::sdl()).map_err(|err| crate::error::Error::Internal(Box::new(err)))?;
+    let mut graphiql = GraphiQLSource::build().endpoint("/graphql").title("profile-gateway");
+    if let Some(key) = &config.graphiql_key {
+        graphiql = graphiql.header("X-API-Key", key);
+    }
+    let state = AppState {
+        schema: schema.data(store.clone()).finish(),
+        keys: Keys::new(store),
+        limits: Arc::new(config.limits),
+        index: Arc::new(index),
+        graphiql: graphiql.finish().into(),
+    };
+    Ok(Router::new()
+        .route("/", get(|| async { Redirect::temporary("/graphiql") }))
+        .route("/graphql", get(graphql::get).post(graphql::post))
+        .route(
+            "/graphiql",
+            get(|state: axum::extract::State<AppState>| async move { Html(state.graphiql.to_string()) }),
+        )
+        .route("/healthz", get(|| async { "ok" }))
+        .layer(middleware::from_fn(request_id))
+        .with_state(state))
+}
+
+/// Gives every request an id, sends it back in `x-request-id`, and logs one line per request
+/// in a span that carries it (so every log line of the request names it).
+async fn request_id(mut request: Request, next: Next) -> Response {
+    let id = RequestId(Uuid::new_v4());
+    request.extensions_mut().insert(id);
+    let span =
+        tracing::info_span!("request", request_id = %id, method = %request.method(), path = %request.uri().path());
+    let started = Instant::now();
+    let mut response = next.run(request).instrument(span.clone()).await;
+    if let Ok(value) = HeaderValue::from_str(&id.to_string()) {
+        response.headers_mut().insert("x-request-id", value);
+    }
+    span.in_scope(|| {
+        tracing::info!(
+            status = response.status().as_u16(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "request done"
+        );
+    });
+    response
+}
+
+/// Serves `router` on `listener` until ctrl-c or SIGTERM.
+pub async fn serve(listener: TcpListener, router: Router) -> std::io::Result<()> {
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+}
+
+/// Binds `addr`, logging where GraphQL and GraphiQL are.
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let listener = TcpListener::bind(addr).await?;
+    let local = listener.local_addr()?;
+    tracing::info!("GraphQL at http://{local}/graphql, GraphiQL at http://{local}/graphiql");
+    Ok(listener)
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(err) = tokio::signal::ctrl_c().await {
+            tracing::warn!(%err, "cannot listen for ctrl-c");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(err) => {
+                tracing::warn!(%err, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+    tracing::info!("shutting down");
+}
