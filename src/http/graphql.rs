@@ -300,6 +300,11 @@ fn parse_body(body: &[u8]) -> Result<(Vec<Request>, bool), Refuse> {
     let value: Value =
         serde_json::from_slice(body).map_err(|err| bad(format!("The body is not valid JSON: {err}.")))?;
     let parse = |value: Value| {
+        if !value.get("query").is_some_and(Value::is_string) {
+            return Err(bad(
+                "The request has no query: send {\"query\": \"...\"} with the document as a string.".to_owned(),
+            ));
+        }
         serde_json::from_value::<Request>(value).map_err(|err| {
             bad(format!(
                 "The body is not a GraphQL request ({{\"query\": \"...\"}}): {err}."

@@ -16,6 +16,8 @@ pub struct TestApp {
     pub client: reqwest::Client,
     /// An admin key of the tenant `default`, which requests use unless told otherwise.
     pub admin_key: String,
+    /// The database URL, for tests that open a connection of their own.
+    pub database_url: String,
     keys: Keys,
     _database: TestDatabase,
 }
@@ -118,6 +120,7 @@ impl TestApp {
             address,
             client: reqwest::Client::new(),
             admin_key,
+            database_url: url.to_owned(),
             keys,
             _database: database,
         }

@@ -2,9 +2,11 @@
 
 mod helpers;
 
+mod auth;
 mod bad_input;
 mod concurrency;
 mod custom_fields;
 mod dialects;
+mod edge;
 mod profiles;
 mod readme;
