@@ -168,14 +168,15 @@ fn serve_creates_its_database_and_a_first_key_and_logs_where_graphql_is() {
         }
         assert!(Instant::now() < deadline, "the server did not say where it listens");
     }
-    std::thread::spawn(move || stderr.for_each(drop));
+    let (log_lines, log) = std::sync::mpsc::channel();
+    std::thread::spawn(move || stderr.for_each(|line| drop(log_lines.send(line))));
     let address = address.expect("the log names the GraphQL address");
     assert!(
         dir.path().join("profile-gateway.db").exists(),
         "no SQLite file in the working directory"
     );
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    runtime.block_on(async {
+    let request_id = runtime.block_on(async {
         let client = reqwest::Client::new();
         assert_eq!(
             client.get(format!("{address}/healthz")).send().await.unwrap().status(),
@@ -201,16 +202,20 @@ fn serve_creates_its_database_and_a_first_key_and_logs_where_graphql_is() {
             .await
             .unwrap();
         assert_eq!(anonymous.status(), 401);
-        let created: serde_json::Value = client
+        let response = client
             .post(format!("{address}/graphql"))
             .header("X-API-Key", &key)
             .json(&query)
             .send()
             .await
-            .unwrap()
-            .json()
-            .await
             .unwrap();
+        let request_id = response.headers()["x-request-id"].to_str().unwrap().to_owned();
+        let created: serde_json::Value = response.json().await.unwrap();
         assert_eq!(created["data"]["createProfile"]["serialNumber"], "1");
+        assert_eq!(created["extensions"]["requestId"], request_id.as_str());
+        request_id
     });
+    let logged = std::iter::from_fn(|| log.recv_timeout(Duration::from_secs(10)).ok())
+        .find(|line| line.contains(&request_id) && line.contains("request done"));
+    assert!(logged.is_some(), "no log line names the request id {request_id}");
 }

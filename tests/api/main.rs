@@ -8,5 +8,6 @@ mod concurrency;
 mod custom_fields;
 mod dialects;
 mod edge;
+mod fuzz;
 mod profiles;
 mod readme;
