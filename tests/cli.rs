@@ -132,8 +132,19 @@ fn apikey_create_refuses_a_bad_tenant_name_or_scope() {
     }
 }
 
-#[test]
-fn serve_creates_its_database_and_a_first_key_and_logs_where_graphql_is() {
+/// A server started as a newcomer starts it: `serve` in an empty working directory.
+struct Served {
+    _server: Server,
+    dir: tempfile::TempDir,
+    /// The admin key the first start printed.
+    key: String,
+    /// `http://HOST:PORT`, as the log names it.
+    address: String,
+    /// The server's log lines from here on.
+    log: std::sync::mpsc::Receiver<String>,
+}
+
+fn serve() -> Served {
     let dir = tempfile::tempdir().unwrap();
     let mut child = Command::new(BIN)
         .args(["serve", "--listen", "127.0.0.1:0"])
@@ -147,7 +158,7 @@ fn serve_creates_its_database_and_a_first_key_and_logs_where_graphql_is() {
         .expect("the binary runs");
     let stderr = child.stderr.take().unwrap();
     let stdout = child.stdout.take().unwrap();
-    let _server = Server(child);
+    let server = Server(child);
     let mut stdout = BufReader::new(stdout).lines().map_while(Result::ok);
     let key = stdout
         .find(|line| line.starts_with("pgw_"))
@@ -171,6 +182,20 @@ fn serve_creates_its_database_and_a_first_key_and_logs_where_graphql_is() {
     let (log_lines, log) = std::sync::mpsc::channel();
     std::thread::spawn(move || stderr.for_each(|line| drop(log_lines.send(line))));
     let address = address.expect("the log names the GraphQL address");
+    Served {
+        _server: server,
+        dir,
+        key,
+        address,
+        log,
+    }
+}
+
+#[test]
+fn serve_creates_its_database_and_a_first_key_and_logs_where_graphql_is() {
+    let Served {
+        dir, key, address, log, ..
+    } = &serve();
     assert!(
         dir.path().join("profile-gateway.db").exists(),
         "no SQLite file in the working directory"
@@ -191,7 +216,7 @@ fn serve_creates_its_database_and_a_first_key_and_logs_where_graphql_is() {
             .await
             .unwrap();
         assert!(
-            graphiql.contains(&key),
+            graphiql.contains(key),
             "GraphiQL does not send the first key on a loopback server"
         );
         let query = serde_json::json!({"query": "mutation { createProfile(input: {}) { serialNumber } }"});
@@ -204,7 +229,7 @@ fn serve_creates_its_database_and_a_first_key_and_logs_where_graphql_is() {
         assert_eq!(anonymous.status(), 401);
         let response = client
             .post(format!("{address}/graphql"))
-            .header("X-API-Key", &key)
+            .header("X-API-Key", key)
             .json(&query)
             .send()
             .await
@@ -218,4 +243,27 @@ fn serve_creates_its_database_and_a_first_key_and_logs_where_graphql_is() {
     let logged = std::iter::from_fn(|| log.recv_timeout(Duration::from_secs(10)).ok())
         .find(|line| line.contains(&request_id) && line.contains("request done"));
     assert!(logged.is_some(), "no log line names the request id {request_id}");
+}
+
+/// graphql-http's audits of the GraphQL over HTTP specification, against the real binary.
+/// `.ci/run` installs them and sets REQUIRE_GRAPHQL_JS, so that a missing install fails.
+#[test]
+fn the_graphql_over_http_audits_pass_every_must_and_should() {
+    let checker = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/graphql-js");
+    if !std::path::Path::new(checker).join("node_modules/graphql-http").exists() {
+        assert!(
+            std::env::var_os("REQUIRE_GRAPHQL_JS").is_none(),
+            "REQUIRE_GRAPHQL_JS is set but graphql-http is missing: run `npm ci --prefix tests/graphql-js`"
+        );
+        eprintln!("graphql-http is not installed (`npm ci --prefix tests/graphql-js`): not auditing");
+        return;
+    }
+    let served = serve();
+    let output = Command::new("node")
+        .arg(format!("{checker}/audit-server.mjs"))
+        .arg(format!("{}/graphql", served.address))
+        .arg(&served.key)
+        .output()
+        .expect("node runs");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stdout));
 }

@@ -1,7 +1,8 @@
 //! `/graphql`: GraphQL over HTTP, as its specification says.
 //!
-//! - The response media type follows `Accept`: `application/graphql-response+json` (also when
-//!   `Accept` is missing or a wildcard) or `application/json`; anything else is 406.
+//! - The response media type follows `Accept`: `application/graphql-response+json` when asked
+//!   for, `application/json` when asked for, when `Accept` is missing or is a wildcard (as
+//!   legacy clients expect); anything else is 406.
 //! - With `application/graphql-response+json`, a request that fails before execution (parse,
 //!   validation, variables, scope) is 4xx and has no `data`; one that executed is 200. With
 //!   `application/json`, every well-formed request is 200.
@@ -49,7 +50,7 @@ impl Media {
 /// The media type to answer in, from the `Accept` header; `None` when none is acceptable.
 pub fn negotiate(accept: Option<&str>) -> Option<Media> {
     let Some(accept) = accept else {
-        return Some(Media::GraphqlResponse);
+        return Some(Media::Json);
     };
     let mut best: Option<(f32, Media)> = None;
     for range in accept.split(',') {
@@ -60,8 +61,8 @@ pub fn negotiate(accept: Option<&str>) -> Option<Media> {
             .find_map(|q| q.trim().parse::<f32>().ok())
             .unwrap_or(1.0);
         let media = match essence.as_str() {
-            "application/graphql-response+json" | "application/*" | "*/*" => Media::GraphqlResponse,
-            "application/json" => Media::Json,
+            "application/graphql-response+json" => Media::GraphqlResponse,
+            "application/json" | "application/*" | "*/*" => Media::Json,
             _ => continue,
         };
         let better = match best {
@@ -550,8 +551,12 @@ mod tests {
 
     #[test]
     fn accept_picks_the_preferred_graphql_media_type() {
-        assert_eq!(negotiate(None), Some(Media::GraphqlResponse));
-        assert_eq!(negotiate(Some("*/*")), Some(Media::GraphqlResponse));
+        assert_eq!(negotiate(None), Some(Media::Json));
+        assert_eq!(negotiate(Some("*/*")), Some(Media::Json));
+        assert_eq!(
+            negotiate(Some("application/graphql-response+json, */*")),
+            Some(Media::GraphqlResponse)
+        );
         assert_eq!(negotiate(Some("application/json")), Some(Media::Json));
         assert_eq!(
             negotiate(Some("application/graphql-response+json, application/json;q=0.9")),

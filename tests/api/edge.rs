@@ -58,8 +58,8 @@ async fn the_response_media_type_follows_accept() {
     let app = TestApp::sqlite().await;
     let json_type = Some("application/json");
     for (accept, expected) in [
-        (None, GRAPHQL_RESPONSE),
-        (Some("*/*"), GRAPHQL_RESPONSE),
+        (None, "application/json"),
+        (Some("*/*"), "application/json"),
         (Some(GRAPHQL_RESPONSE), GRAPHQL_RESPONSE),
         (
             Some("application/graphql-response+json, application/json;q=0.9"),
