@@ -121,10 +121,8 @@ impl Refuse {
     }
 
     fn into_response(self, media: Media, request_id: RequestId) -> Response {
-        let body = json!({
-            "errors": [{ "message": self.message, "extensions": { "code": self.code } }],
-            "extensions": { "requestId": request_id.to_string() },
-        });
+        let mut body = json!({ "errors": [{ "message": self.message, "extensions": { "code": self.code } }] });
+        name_request(&mut body, request_id);
         let mut response = (
             self.status,
             [(header::CONTENT_TYPE, media.content_type())],
@@ -495,7 +493,10 @@ async fn run(
         .into_response(media, request_id);
     };
 
-    let (mut body, status) = if batch {
+    for (body, _) in &mut answers {
+        name_request(body, request_id);
+    }
+    let (body, status) = if batch {
         (
             Value::Array(answers.into_iter().map(|(body, _)| body).collect()),
             StatusCode::OK,
@@ -503,10 +504,17 @@ async fn run(
     } else {
         answers.pop().unwrap_or_else(|| (json!({}), StatusCode::OK))
     };
-    if let Value::Object(map) = &mut body {
-        map.insert("extensions".to_owned(), json!({ "requestId": request_id.to_string() }));
-    }
     (status, [(header::CONTENT_TYPE, media.content_type())], body.to_string()).into_response()
+}
+
+/// Adds `requestId` to a response's `extensions`, keeping what is there.
+fn name_request(body: &mut Value, request_id: RequestId) {
+    if let Value::Object(map) = body {
+        let extensions = map.entry("extensions").or_insert_with(|| json!({}));
+        if let Value::Object(extensions) = extensions {
+            extensions.insert("requestId".to_owned(), json!(request_id.to_string()));
+        }
+    }
 }
 
 async fn execute(state: &AppState, principal: Principal, request: Request, media: Media) -> (Value, StatusCode) {

@@ -12,11 +12,12 @@ use std::time::Instant;
 use async_graphql::http::GraphiQLSource;
 use axum::Router;
 use axum::extract::Request;
-use axum::http::HeaderValue;
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
-use axum::response::{Html, Redirect, Response};
+use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::get;
 use tokio::net::TcpListener;
+use tower_http::catch_panic::CatchPanicLayer;
 use tracing::Instrument;
 use uuid::Uuid;
 
@@ -86,8 +87,28 @@ pub fn router(store: Store, config: EdgeConfig) -> crate::error::Result<Router> 
             get(|state: axum::extract::State<AppState>| async move { Html(state.graphiql.to_string()) }),
         )
         .route("/healthz", get(|| async { "ok" }))
+        .layer(CatchPanicLayer::custom(panic_response))
         .layer(middleware::from_fn(request_id))
         .with_state(state))
+}
+
+/// No request should be able to panic the server; if one does all the same, its client gets
+/// an INTERNAL error (and the log the panic), not a dropped connection.
+fn panic_response(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    let detail = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned());
+    tracing::error!(panic = detail.as_deref().unwrap_or("unknown"), "a request panicked");
+    let body = serde_json::json!({
+        "errors": [{ "message": "Something went wrong on our side. Please try again later.", "extensions": { "code": "INTERNAL" } }]
+    });
+    (
+        StatusCode::INTERNAL_SERVER_ERROR,
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
 }
 
 /// Gives every request an id, sends it back in `x-request-id`, and logs one line per request

@@ -273,7 +273,14 @@ async fn limits_refuse_before_execution_with_400_and_their_own_code() {
     )
     .await;
     assert_eq!(status, 200);
-    assert_eq!(response.as_array().map(Vec::len), Some(2));
+    let answers = response.as_array().unwrap();
+    assert_eq!(answers.len(), 2);
+    assert!(
+        answers
+            .iter()
+            .all(|answer| answer["extensions"]["requestId"].is_string()),
+        "{response}"
+    );
 }
 
 #[tokio::test]
