@@ -36,7 +36,9 @@ use crate::domain::{
     ChangeSet, CustomFieldDefinition, CustomFieldType, Field, FieldChange, MemberType, NewCustomField, Profile,
     ProfileKey, ProfileStatus, Scalar,
 };
-use crate::entity::{custom_field_definition, custom_field_value, profile, profile_group, profile_tag, tenant};
+use crate::entity::{
+    custom_field_definition, custom_field_value, profile, profile_change, profile_group, profile_tag, tenant,
+};
 use crate::error::{Code, Error, Fault, Result, external_id_conflict};
 
 /// The tenant a request acts for.
@@ -49,6 +51,24 @@ pub struct TenantId(pub Uuid);
 pub struct ProfileView {
     pub profile: Profile,
     pub custom_fields: Arc<[CustomFieldDefinition]>,
+}
+
+/// Who makes a change, as its history record names them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Actor {
+    pub api_key_id: Option<Uuid>,
+    pub request_id: Option<String>,
+}
+
+/// One applied change of a profile, as history keeps it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChangeRecord {
+    pub version: i32,
+    pub operation: String,
+    pub changes: Vec<FieldChange>,
+    pub actor: Option<Uuid>,
+    pub request_id: Option<String>,
+    pub at: chrono::DateTime<Utc>,
 }
 
 /// The outcome of `updateProfile`.
@@ -194,18 +214,19 @@ impl Store {
         definitions(&self.db, tenant).await
     }
 
-    pub async fn create(&self, tenant: TenantId, change: &ChangeSet) -> Result<ProfileView> {
+    pub async fn create(&self, tenant: TenantId, change: &ChangeSet, actor: &Actor) -> Result<ProfileView> {
         let tx = self.begin_write().await?;
         let serial_number = next_serial_number(&tx, tenant).await?;
         let custom_fields = definitions(&tx, tenant).await?;
         let blank = Profile::new(Uuid::new_v4(), serial_number, Utc::now());
-        let (profile, _) = change.apply(&blank, &custom_fields)?;
+        let (profile, changes) = change.apply(&blank, &custom_fields)?;
         let row = profile::ActiveModel::from_profile(tenant, &profile)?;
         profile::Entity::insert(row)
             .exec_without_returning(&tx)
             .await
             .map_err(|err| on_external_id(err, change))?;
         save_children(&tx, &blank, &profile, &custom_fields).await?;
+        record(&tx, tenant, &profile, "createProfile", &changes, actor).await?;
         tx.commit().await?;
         Ok(ProfileView { profile, custom_fields })
     }
@@ -218,6 +239,8 @@ impl Store {
         change: &ChangeSet,
         expected_version: Option<i32>,
         dry_run: bool,
+        operation: &str,
+        actor: &Actor,
     ) -> Result<Updated> {
         let tx = self.begin_write().await?;
         let row = find_row(&tx, tenant, key, true)
@@ -261,6 +284,7 @@ impl Store {
                 .await
                 .map_err(|err| on_external_id(err, change))?;
             save_children(&tx, &before, &after, &custom_fields).await?;
+            record(&tx, tenant, &after, operation, &changes, actor).await?;
             tx.commit().await?;
         }
         Ok(Updated {
@@ -272,7 +296,13 @@ impl Store {
         })
     }
 
-    pub async fn set_status(&self, tenant: TenantId, key: &ProfileKey, status: ProfileStatus) -> Result<ProfileView> {
+    pub async fn set_status(
+        &self,
+        tenant: TenantId,
+        key: &ProfileKey,
+        status: ProfileStatus,
+        actor: &Actor,
+    ) -> Result<ProfileView> {
         let tx = self.begin_write().await?;
         let row = find_row(&tx, tenant, key, true)
             .await?
@@ -298,6 +328,11 @@ impl Store {
             .at("status")
             .into());
         }
+        let change = FieldChange {
+            field: "status".to_owned(),
+            before: profile.status.as_str().into(),
+            after: status.as_str().into(),
+        };
         profile.status = status;
         profile.version += 1;
         profile.updated_at = Utc::now();
@@ -308,19 +343,68 @@ impl Store {
             .filter(profile::Column::Id.eq(profile.id))
             .exec(&tx)
             .await?;
+        record(&tx, tenant, &profile, "setProfileStatus", &[change], actor).await?;
         tx.commit().await?;
         Ok(ProfileView { profile, custom_fields })
     }
 
-    /// Deletes the profile with its tags, groups and custom values (by cascade); returns its id.
-    pub async fn delete(&self, tenant: TenantId, key: &ProfileKey) -> Result<Uuid> {
+    /// Deletes the profile with its tags, groups and custom values (by cascade), and erases its
+    /// history, whose changes hold personal data, for a tombstone that holds none; returns its id.
+    pub async fn delete(&self, tenant: TenantId, key: &ProfileKey, actor: &Actor) -> Result<Uuid> {
         let tx = self.begin_write().await?;
         let row = find_row(&tx, tenant, key, true)
             .await?
             .ok_or_else(|| Fault::not_found("profile"))?;
         profile::Entity::delete_by_id(row.id).exec(&tx).await?;
+        profile_change::Entity::delete_many()
+            .filter(profile_change::Column::ProfileId.eq(row.id))
+            .exec(&tx)
+            .await?;
+        let tombstone = Profile {
+            version: row.version + 1,
+            ..Profile::new(row.id, row.serial_number, Utc::now())
+        };
+        record(&tx, tenant, &tombstone, "deleteProfile", &[], actor).await?;
         tx.commit().await?;
         Ok(row.id)
+    }
+
+    /// A profile's change records, newest first: up to `first` below version `before`, and
+    /// whether more follow.
+    pub async fn history(
+        &self,
+        tenant: TenantId,
+        profile_id: Uuid,
+        first: u64,
+        before: Option<i32>,
+    ) -> Result<(Vec<ChangeRecord>, bool)> {
+        let mut query = profile_change::Entity::find()
+            .filter(profile_change::Column::TenantId.eq(tenant.0))
+            .filter(profile_change::Column::ProfileId.eq(profile_id));
+        if let Some(before) = before {
+            query = query.filter(profile_change::Column::Version.lt(before));
+        }
+        let mut rows = query
+            .order_by_desc(profile_change::Column::Version)
+            .limit(first + 1)
+            .all(&self.db)
+            .await?;
+        let has_next = rows.len() as u64 > first;
+        rows.truncate(usize::try_from(first).unwrap_or(usize::MAX));
+        let records = rows
+            .into_iter()
+            .map(|row| {
+                Ok(ChangeRecord {
+                    version: row.version,
+                    operation: row.operation,
+                    changes: serde_json::from_value(row.changes).map_err(internal)?,
+                    actor: row.api_key_id,
+                    request_id: row.request_id,
+                    at: row.at,
+                })
+            })
+            .collect::<Result<_>>()?;
+        Ok((records, has_next))
     }
 
     /// Defines a custom field, or redefines the one of the same name.
@@ -404,6 +488,31 @@ impl Store {
             _ => self.db.begin().await,
         }
     }
+}
+
+/// Appends the history record of `profile`'s new version, in the writing transaction.
+async fn record(
+    tx: &DatabaseTransaction,
+    tenant: TenantId,
+    profile: &Profile,
+    operation: &str,
+    changes: &[FieldChange],
+    actor: &Actor,
+) -> Result<()> {
+    profile_change::ActiveModel {
+        id: Set(Uuid::new_v4()),
+        tenant_id: Set(tenant.0),
+        profile_id: Set(profile.id),
+        version: Set(profile.version),
+        operation: Set(operation.to_owned()),
+        changes: Set(serde_json::to_value(changes).map_err(internal)?),
+        api_key_id: Set(actor.api_key_id),
+        request_id: Set(actor.request_id.clone()),
+        at: Set(profile.updated_at),
+    }
+    .insert(tx)
+    .await?;
+    Ok(())
 }
 
 fn internal(err: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Error {

@@ -7,6 +7,7 @@ pub use sea_orm_migration::prelude::*;
 
 mod m20261124_000001_create_core_tables;
 mod m20261124_000002_create_api_keys;
+mod m20261124_000003_create_history_and_idempotency;
 
 /// Every migration of the service, oldest first.
 pub struct Migrator;
@@ -17,6 +18,7 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m20261124_000001_create_core_tables::Migration),
             Box::new(m20261124_000002_create_api_keys::Migration),
+            Box::new(m20261124_000003_create_history_and_idempotency::Migration),
         ]
     }
 }

@@ -65,7 +65,7 @@ pub enum Op {
 }
 
 /// One canonical field whose value an update changed.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct FieldChange {
     pub field: String,
     pub before: Value,

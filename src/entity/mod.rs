@@ -5,7 +5,9 @@
 pub mod api_key;
 pub mod custom_field_definition;
 pub mod custom_field_value;
+pub mod idempotency_key;
 pub mod profile;
+pub mod profile_change;
 pub mod profile_group;
 pub mod profile_tag;
 pub mod tenant;

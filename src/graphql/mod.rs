@@ -3,6 +3,7 @@
 //! [`schema`] builds the schema without a database; the server attaches the [`Store`] and each
 //! request's [`TenantId`] afterwards, so `print-schema` and the schema test need no database.
 
+mod cursor;
 mod mutation;
 mod query;
 mod types;
@@ -13,7 +14,7 @@ pub use mutation::Mutation;
 pub use query::Query;
 pub use types::{CustomFieldType, MemberType, ProfileStatus};
 
-use crate::store::{Store, TenantId};
+use crate::store::{Actor, Store, TenantId};
 
 pub type AppSchema = Schema<Query, Mutation, EmptySubscription>;
 
@@ -37,4 +38,9 @@ pub fn sdl() -> String {
 /// The store and the tenant of the request being resolved.
 fn scope<'a>(ctx: &Context<'a>) -> async_graphql::Result<(&'a Store, TenantId)> {
     Ok((ctx.data::<Store>()?, *ctx.data::<TenantId>()?))
+}
+
+/// Who the request acts as, for the history of what it changes.
+fn actor(ctx: &Context<'_>) -> Actor {
+    ctx.data_opt::<Actor>().cloned().unwrap_or_default()
 }

@@ -1,9 +1,9 @@
 use async_graphql::{Context, ID, Object, Result, ResultExt};
 
-use super::scope;
 use super::types::{
     CustomFieldDefinition, CustomFieldInput, DeletedProfile, Profile, ProfileRef, ProfileStatus, UpdateProfilePayload,
 };
+use super::{actor, scope};
 use crate::dialects::{CreateProfileInput, ProfileUpdate};
 use crate::domain::{ChangeSet, NewCustomField, ProfileKey};
 use crate::error::Fault;
@@ -22,7 +22,7 @@ impl Mutation {
     ) -> Result<Profile> {
         let (store, tenant) = scope(ctx)?;
         let change = ChangeSet::try_from(input).extend()?;
-        Ok(Profile(store.create(tenant, &change).await.extend()?))
+        Ok(Profile(store.create(tenant, &change, &actor(ctx)).await.extend()?))
     }
 
     /// Updates a profile in one vendor's dialect, all or nothing. With `expectedVersion`, the
@@ -43,10 +43,11 @@ impl Mutation {
         dry_run: bool,
     ) -> Result<UpdateProfilePayload> {
         let (store, tenant) = scope(ctx)?;
+        let operation = update.operation();
         let change = ChangeSet::try_from(update).extend()?;
         let key = existing(&r#ref).extend()?;
         let updated = store
-            .update(tenant, &key, &change, expected_version, dry_run)
+            .update(tenant, &key, &change, expected_version, dry_run, operation, &actor(ctx))
             .await
             .extend()?;
         Ok(UpdateProfilePayload {
@@ -66,7 +67,12 @@ impl Mutation {
     ) -> Result<Profile> {
         let (store, tenant) = scope(ctx)?;
         let key = existing(&r#ref).extend()?;
-        Ok(Profile(store.set_status(tenant, &key, status.into()).await.extend()?))
+        Ok(Profile(
+            store
+                .set_status(tenant, &key, status.into(), &actor(ctx))
+                .await
+                .extend()?,
+        ))
     }
 
     /// Deletes a profile in any status, with its tags, groups and custom values; afterwards
@@ -78,7 +84,7 @@ impl Mutation {
     ) -> Result<DeletedProfile> {
         let (store, tenant) = scope(ctx)?;
         let key = existing(&r#ref).extend()?;
-        let id = store.delete(tenant, &key).await.extend()?;
+        let id = store.delete(tenant, &key, &actor(ctx)).await.extend()?;
         Ok(DeletedProfile { id: ID(id.to_string()) })
     }
 

@@ -1,17 +1,15 @@
 use async_graphql::{Context, Object, Result, ResultExt};
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
-use super::scope;
 use super::types::{
     CustomFieldDefinition, PageInfo, Profile, ProfileConnection, ProfileEdge, ProfileFilter, ProfileRef,
 };
-use crate::error::Fault;
+use super::{cursor, scope};
 use crate::store;
 
 /// Most profiles one page may hold.
 pub const MAX_PAGE_SIZE: i32 = 100;
-const CURSOR_PREFIX: &str = "profile:";
+/// Profiles are paged by serial number.
+const CURSOR_KIND: &str = "profile";
 
 pub struct Query;
 
@@ -41,12 +39,12 @@ impl Query {
         #[graphql(desc = "Only the profiles that match every filter given.")] filter: Option<ProfileFilter>,
     ) -> Result<ProfileConnection> {
         let (store, tenant) = scope(ctx)?;
-        let page_size = u64::try_from(first)
-            .ok()
-            .filter(|n| *n <= MAX_PAGE_SIZE as u64)
-            .ok_or_else(|| Fault::validation("first", format!("first must be between 0 and {MAX_PAGE_SIZE}.")))
+        let page_size = cursor::page_size(first, MAX_PAGE_SIZE).extend()?;
+        let after = after
+            .as_deref()
+            .map(|after| cursor::decode(CURSOR_KIND, after, "after"))
+            .transpose()
             .extend()?;
-        let after = after.as_deref().map(decode_cursor).transpose().extend()?;
         let filter = filter.unwrap_or_default();
         let filter = store::ProfileFilter {
             status: filter.status.map(Into::into),
@@ -58,7 +56,7 @@ impl Query {
             .profiles
             .into_iter()
             .map(|view| ProfileEdge {
-                cursor: encode_cursor(view.profile.serial_number),
+                cursor: cursor::encode(CURSOR_KIND, view.profile.serial_number),
                 node: Profile(view),
             })
             .collect();
@@ -78,37 +76,5 @@ impl Query {
         let (store, tenant) = scope(ctx)?;
         let fields = store.custom_fields(tenant).await.extend()?;
         Ok(fields.iter().cloned().map(Into::into).collect())
-    }
-}
-
-/// Cursors are opaque to clients: the serial number behind a prefix, base64url-encoded.
-fn encode_cursor(serial_number: i64) -> String {
-    URL_SAFE_NO_PAD.encode(format!("{CURSOR_PREFIX}{serial_number}"))
-}
-
-fn decode_cursor(cursor: &str) -> Result<i64, Fault> {
-    URL_SAFE_NO_PAD
-        .decode(cursor)
-        .ok()
-        .and_then(|bytes| String::from_utf8(bytes).ok())
-        .and_then(|text| text.strip_prefix(CURSOR_PREFIX).and_then(|serial| serial.parse().ok()))
-        .ok_or_else(|| {
-            Fault::validation(
-                "after",
-                "after is not a cursor this API handed out; use pageInfo.endCursor.",
-            )
-        })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn cursors_round_trip_and_foreign_strings_are_refused() {
-        assert_eq!(decode_cursor(&encode_cursor(42)).unwrap(), 42);
-        assert!(decode_cursor("42").is_err());
-        assert!(decode_cursor(&URL_SAFE_NO_PAD.encode("profile:x")).is_err());
-        assert!(decode_cursor("!!!").is_err());
     }
 }

@@ -1,11 +1,12 @@
 //! Output types, enums and shared inputs, written for clients rather than mirroring rows.
 
-use async_graphql::{Enum, ID, InputObject, Json, Object, OneofObject, SimpleObject};
+use async_graphql::{Context, Enum, ID, InputObject, Json, Object, OneofObject, Result, ResultExt, SimpleObject};
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 
+use super::cursor;
 use crate::domain::{self, Field, ProfileKey, STANDARD_NAMES};
-use crate::store::ProfileView;
+use crate::store::{ChangeRecord, ProfileView};
 
 /// Lifecycle state of a profile. Only `setProfileStatus` changes it.
 #[derive(Enum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -225,6 +226,62 @@ impl Profile {
     }
 }
 
+/// Most history records one page may hold.
+const MAX_HISTORY_PAGE: i32 = 100;
+/// History is paged by version, newest first.
+const HISTORY_CURSOR: &str = "change";
+
+/// One applied change of a profile.
+#[derive(SimpleObject, Debug, Clone)]
+pub struct ProfileChangeRecord {
+    /// The version the change produced.
+    pub version: i32,
+    /// What made the change: `createProfile`, `updateProfile.scrip` (or another dialect),
+    /// `setProfileStatus` or `deleteProfile`.
+    pub operation: String,
+    /// Every canonical field the change set, with its value before and after.
+    pub changes: Vec<FieldChange>,
+    /// The id of the API key that made the change.
+    pub actor: Option<ID>,
+    /// The id of the request that made the change, as its response and log name it.
+    pub request_id: Option<String>,
+    /// When the change was made (UTC).
+    pub at: DateTime<Utc>,
+}
+
+impl From<ChangeRecord> for ProfileChangeRecord {
+    fn from(record: ChangeRecord) -> Self {
+        ProfileChangeRecord {
+            version: record.version,
+            operation: record.operation,
+            changes: record.changes.into_iter().map(Into::into).collect(),
+            actor: record.actor.map(|id| ID(id.to_string())),
+            request_id: record.request_id,
+            at: record.at,
+        }
+    }
+}
+
+/// A change record with its cursor.
+#[derive(SimpleObject)]
+pub struct ProfileChangeRecordEdge {
+    /// Pass as `after` to list the older records.
+    pub cursor: String,
+    /// The change record.
+    pub node: ProfileChangeRecord,
+}
+
+/// One page of a profile's history, newest first.
+#[derive(SimpleObject)]
+pub struct ProfileHistoryConnection {
+    /// The records of this page with their cursors.
+    pub edges: Vec<ProfileChangeRecordEdge>,
+    /// The records of this page.
+    pub nodes: Vec<ProfileChangeRecord>,
+    /// Whether older records follow, and where they start.
+    pub page_info: PageInfo,
+}
+
 /// One person's (or team's) canonical profile, whichever vendor dialect wrote it.
 #[Object]
 impl Profile {
@@ -417,6 +474,44 @@ impl Profile {
             .iter()
             .map(|(name, value)| (name.clone(), Value::from(value.as_str())));
         Json(standard.chain(custom).collect())
+    }
+
+    /// Every applied change of this profile, newest first, `first` at a time (at most 100)
+    /// after the cursor `after`.
+    async fn history(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(default = 20, desc = "How many records to return, 0 to 100.")] first: i32,
+        #[graphql(desc = "The `endCursor` of the previous page; omit it for the newest records.")] after: Option<
+            String,
+        >,
+    ) -> Result<ProfileHistoryConnection> {
+        let (store, tenant) = super::scope(ctx)?;
+        let page_size = cursor::page_size(first, MAX_HISTORY_PAGE).extend()?;
+        let before = after
+            .as_deref()
+            .map(|after| cursor::decode(HISTORY_CURSOR, after, "after").map(|v| i32::try_from(v).unwrap_or(i32::MAX)))
+            .transpose()
+            .extend()?;
+        let (records, has_next_page) = store
+            .history(tenant, self.0.profile.id, page_size, before)
+            .await
+            .extend()?;
+        let edges: Vec<ProfileChangeRecordEdge> = records
+            .into_iter()
+            .map(|record| ProfileChangeRecordEdge {
+                cursor: cursor::encode(HISTORY_CURSOR, i64::from(record.version)),
+                node: record.into(),
+            })
+            .collect();
+        Ok(ProfileHistoryConnection {
+            page_info: PageInfo {
+                has_next_page,
+                end_cursor: edges.last().map(|edge| edge.cursor.clone()),
+            },
+            nodes: edges.iter().map(|edge| edge.node.clone()).collect(),
+            edges,
+        })
     }
 
     /// Starts at 1 and grows by exactly one with every mutation that changes the profile.

@@ -30,6 +30,7 @@ use super::analysis::{Refusal, analyze, select};
 use super::{AppState, RequestId};
 use crate::auth::{Principal, Scope};
 use crate::error::Code;
+use crate::store::Actor;
 
 /// The media types a GraphQL response can be written in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -478,7 +479,7 @@ async fn run(
         for item in prepared {
             answers.push(match item {
                 Prepared::Answered { body, status } => (body, status),
-                Prepared::Execute(request) => execute(state, principal, request, media).await,
+                Prepared::Execute(request) => execute(state, principal, request, media, request_id).await,
             });
         }
         answers
@@ -517,9 +518,23 @@ fn name_request(body: &mut Value, request_id: RequestId) {
     }
 }
 
-async fn execute(state: &AppState, principal: Principal, request: Request, media: Media) -> (Value, StatusCode) {
+async fn execute(
+    state: &AppState,
+    principal: Principal,
+    request: Request,
+    media: Media,
+    request_id: RequestId,
+) -> (Value, StatusCode) {
     let started = ExecutionStarted::default();
-    let request = request.data(principal).data(principal.tenant).data(started.clone());
+    let actor = Actor {
+        api_key_id: Some(principal.key_id),
+        request_id: Some(request_id.to_string()),
+    };
+    let request = request
+        .data(principal)
+        .data(principal.tenant)
+        .data(actor)
+        .data(started.clone());
     let response = state.schema.execute(request).await;
     let executed = started.0.load(Ordering::Acquire);
     let mut body = serde_json::to_value(&response).unwrap_or_else(|err| {

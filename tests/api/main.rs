@@ -9,5 +9,6 @@ mod custom_fields;
 mod dialects;
 mod edge;
 mod fuzz;
+mod history;
 mod profiles;
 mod readme;
