@@ -7,6 +7,7 @@ use uuid::Uuid;
 
 use crate::auth::{KeyInfo, Keys, Scope};
 use crate::http::{DEFAULT_TENANT, EdgeConfig, Limits};
+use crate::idempotency::IdempotencyKeys;
 use crate::store::Store;
 
 /// One GraphQL API over five vendor dialects of profile updates.
@@ -135,6 +136,7 @@ pub async fn run(cli: Cli) -> Result<(), BoxError> {
                     graphiql_key = Some(first.key);
                 }
             }
+            spawn_idempotency_purge(IdempotencyKeys::new(store.clone(), limits.request_timeout()));
             let router = crate::http::router(
                 store,
                 EdgeConfig {
@@ -154,6 +156,21 @@ pub async fn run(cli: Cli) -> Result<(), BoxError> {
         Command::Apikey { command } => apikey(command).await?,
     }
     Ok(())
+}
+
+/// Forgets expired idempotency keys every ten minutes, for as long as the server runs.
+fn spawn_idempotency_purge(keys: IdempotencyKeys) {
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(std::time::Duration::from_secs(600));
+        loop {
+            every.tick().await;
+            match keys.purge_expired(chrono::Utc::now()).await {
+                Ok(0) => {}
+                Ok(purged) => tracing::info!(purged, "expired idempotency keys forgotten"),
+                Err(err) => tracing::warn!(error = %err, "could not forget expired idempotency keys"),
+            }
+        }
+    });
 }
 
 async fn apikey(command: ApikeyCommand) -> Result<(), BoxError> {

@@ -12,6 +12,7 @@
 //! - [`entity`]: SeaORM entities; [`db`]: connecting and migrating (migrations live in the
 //!   `migrations/` crate).
 //! - [`auth`]: API keys, scopes and the principal a request acts as.
+//! - [`idempotency`]: `Idempotency-Key`s, kept in the database for every replica.
 //! - [`error`]: the one error type and its mapping to `extensions.code`.
 
 pub mod auth;
@@ -23,6 +24,7 @@ pub mod entity;
 pub mod error;
 pub mod graphql;
 pub mod http;
+pub mod idempotency;
 pub mod store;
 
 pub use graphql::{AppSchema, schema, sdl};

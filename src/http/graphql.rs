@@ -30,7 +30,8 @@ use super::analysis::{Refusal, analyze, select};
 use super::{AppState, RequestId};
 use crate::auth::{Principal, Scope};
 use crate::error::Code;
-use crate::store::Actor;
+use crate::idempotency::{self, Claim, StoredResponse};
+use crate::store::{Actor, TenantId};
 
 /// The media types a GraphQL response can be written in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -202,11 +203,140 @@ pub async fn post(
             ));
         }
         let body = read_body(&state, &headers, body).await?;
-        let (requests, batch) = parse_body(&body)?;
-        Ok::<_, Refuse>(run(&state, principal, requests, batch, Method::Post, media, request_id).await)
+        let key = idempotency_key(&headers)?;
+        let respond = async {
+            match parse_body(&body) {
+                Ok((requests, batch)) => run(&state, principal, requests, batch, Method::Post, media, request_id).await,
+                Err(refusal) => refusal.into_response(media, request_id),
+            }
+        };
+        Ok::<_, Refuse>(match key {
+            Some(key) => idempotent(&state, principal.tenant, &key, &body, respond, media, request_id).await,
+            None => respond.await,
+        })
     }
     .await;
     result.unwrap_or_else(|refusal| refusal.into_response(media, request_id))
+}
+
+/// The request's `Idempotency-Key`, if it sent one.
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Refuse> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    match value.to_str() {
+        Ok(key) if idempotency::valid_key(key) => Ok(Some(key.to_owned())),
+        _ => Err(Refuse::new(
+            StatusCode::BAD_REQUEST,
+            "BAD_REQUEST",
+            "An Idempotency-Key has 1 to 255 visible ASCII characters.",
+        )),
+    }
+}
+
+/// Runs `respond` at most once per tenant and `key`: a repeat of the same body gets the first
+/// response byte for byte (waiting for it if the first is still running), another body with the
+/// same key is refused.
+async fn idempotent(
+    state: &AppState,
+    tenant: TenantId,
+    key: &str,
+    body: &[u8],
+    respond: impl Future<Output = Response>,
+    media: Media,
+    request_id: RequestId,
+) -> Response {
+    let fingerprint = idempotency::fingerprint(body);
+    let deadline = tokio::time::Instant::now() + state.limits.request_timeout();
+    let mut respond = Some(respond);
+    loop {
+        let claim = match state.idempotency.claim(tenant, key, &fingerprint).await {
+            Ok(claim) => claim,
+            Err(err) => {
+                tracing::error!(error = %err, "idempotency key lookup failed");
+                return internal().into_response(media, request_id);
+            }
+        };
+        match claim {
+            Claim::Run => {
+                let Some(respond) = respond.take() else {
+                    return internal().into_response(media, request_id);
+                };
+                return remember(state, tenant, key, respond.await).await;
+            }
+            Claim::Done {
+                same_request: true,
+                response,
+            } => {
+                let mut replay = (
+                    StatusCode::from_u16(response.status).unwrap_or(StatusCode::OK),
+                    response.body,
+                )
+                    .into_response();
+                if let Ok(content_type) = HeaderValue::from_str(&response.content_type) {
+                    replay.headers_mut().insert(header::CONTENT_TYPE, content_type);
+                }
+                replay
+                    .headers_mut()
+                    .insert("idempotent-replayed", HeaderValue::from_static("true"));
+                return replay;
+            }
+            Claim::Done {
+                same_request: false, ..
+            }
+            | Claim::Running { same_request: false } => {
+                return Refuse::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "IDEMPOTENCY_KEY_REUSED",
+                    "This Idempotency-Key was used for another request; use a new key for a new request.",
+                )
+                .into_response(media, request_id);
+            }
+            Claim::Running { same_request: true } => {
+                if tokio::time::Instant::now() >= deadline {
+                    return Refuse::new(
+                        StatusCode::CONFLICT,
+                        "IDEMPOTENCY_KEY_IN_PROGRESS",
+                        "A request with this Idempotency-Key is still running; retry later.",
+                    )
+                    .into_response(media, request_id);
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        }
+    }
+}
+
+/// Stores the response of a claimed key (or frees the key after a failure on our side).
+async fn remember(state: &AppState, tenant: TenantId, key: &str, response: Response) -> Response {
+    let (parts, body) = response.into_parts();
+    let bytes = match body.collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(err) => {
+            tracing::error!(%err, "a response could not be read back");
+            bytes::Bytes::new()
+        }
+    };
+    let stored = if parts.status.is_server_error() {
+        state.idempotency.release(tenant, key).await
+    } else {
+        let content_type = parts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        let response = StoredResponse {
+            status: parts.status.as_u16(),
+            content_type,
+            body: String::from_utf8_lossy(&bytes).into_owned(),
+        };
+        state.idempotency.complete(tenant, key, &response).await
+    };
+    if let Err(err) = stored {
+        tracing::error!(error = %err, "the idempotency key's outcome could not be stored");
+    }
+    Response::from_parts(parts, Body::from(bytes))
 }
 
 pub async fn get(

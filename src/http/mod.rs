@@ -27,6 +27,7 @@ pub use limits::Limits;
 
 use crate::auth::Keys;
 use crate::graphql::AppSchema;
+use crate::idempotency::IdempotencyKeys;
 use crate::store::Store;
 
 /// The tenant a newcomer's first key belongs to.
@@ -56,6 +57,7 @@ impl fmt::Display for RequestId {
 pub(crate) struct AppState {
     schema: AppSchema,
     keys: Keys,
+    idempotency: IdempotencyKeys,
     limits: Arc<Limits>,
     index: Arc<SchemaIndex>,
     graphiql: Arc<str>,
@@ -74,7 +76,8 @@ pub fn router(store: Store, config: EdgeConfig) -> crate::error::Result<Router> 
     }
     let state = AppState {
         schema: schema.data(store.clone()).finish(),
-        keys: Keys::new(store),
+        keys: Keys::new(store.clone()),
+        idempotency: IdempotencyKeys::new(store, config.limits.request_timeout()),
         limits: Arc::new(config.limits),
         index: Arc::new(index),
         graphiql: graphiql.finish().into(),

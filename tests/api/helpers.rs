@@ -78,6 +78,15 @@ impl TestApp {
 
     /// The gateway over a new PostgreSQL database, or `None` when `TEST_POSTGRES_URL` is unset.
     pub async fn postgres() -> Option<TestApp> {
+        Self::postgres_with(EdgeConfig {
+            introspection: true,
+            ..EdgeConfig::default()
+        })
+        .await
+    }
+
+    /// The gateway over a new PostgreSQL database, configured with `config`.
+    pub async fn postgres_with(config: EdgeConfig) -> Option<TestApp> {
         let Ok(admin_url) = std::env::var(POSTGRES_URL_VAR) else {
             eprintln!("{POSTGRES_URL_VAR} is not set: not running this test on PostgreSQL");
             return None;
@@ -95,10 +104,6 @@ impl TestApp {
             .rsplit_once('/')
             .expect("a PostgreSQL URL ends with /DATABASE");
         let url = format!("{base}/{name}");
-        let config = EdgeConfig {
-            introspection: true,
-            ..EdgeConfig::default()
-        };
         Some(Self::start(&url, TestDatabase::Postgres { admin_url, name }, config).await)
     }
 

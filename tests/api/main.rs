@@ -10,5 +10,6 @@ mod dialects;
 mod edge;
 mod fuzz;
 mod history;
+mod idempotency;
 mod profiles;
 mod readme;
