@@ -13,6 +13,7 @@
 //!   `migrations/` crate).
 //! - [`auth`]: API keys, scopes and the principal a request acts as.
 //! - [`idempotency`]: `Idempotency-Key`s, kept in the database for every replica.
+//! - [`feed`]: live change notices, across replicas through PostgreSQL's LISTEN/NOTIFY.
 //! - [`error`]: the one error type and its mapping to `extensions.code`.
 
 pub mod auth;
@@ -22,6 +23,7 @@ pub mod dialects;
 pub mod domain;
 pub mod entity;
 pub mod error;
+pub mod feed;
 pub mod graphql;
 pub mod http;
 pub mod idempotency;

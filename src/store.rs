@@ -26,8 +26,8 @@ use chrono::Utc;
 use sea_orm::sea_query::{Expr, ExprTrait, OnConflict};
 use sea_orm::{
     AccessMode, ActiveModelTrait, ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait, DatabaseConnection,
-    DatabaseTransaction, DbErr, EntityTrait, IsolationLevel, ModelTrait, PaginatorTrait, QueryFilter, QueryOrder,
-    QuerySelect, SqliteTransactionMode, TransactionOptions, TransactionTrait, Value,
+    DatabaseTransaction, DbBackend, DbErr, EntityTrait, IsolationLevel, ModelTrait, PaginatorTrait, QueryFilter,
+    QueryOrder, QuerySelect, SqliteTransactionMode, Statement, TransactionOptions, TransactionTrait, Value,
 };
 use serde_json::Map;
 use uuid::Uuid;
@@ -40,6 +40,7 @@ use crate::entity::{
     custom_field_definition, custom_field_value, profile, profile_change, profile_group, profile_tag, tenant,
 };
 use crate::error::{Code, Error, Fault, Result, external_id_conflict};
+use crate::feed::{self, Feed, Notice};
 
 /// The tenant a request acts for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,15 +95,38 @@ pub struct Page {
     pub total_count: u64,
 }
 
-/// Handle on the database; cheap to clone.
+/// Handle on the database and this replica's change feed; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Store {
     db: DatabaseConnection,
+    feed: Feed,
 }
 
 impl Store {
     pub fn new(db: DatabaseConnection) -> Self {
-        Store { db }
+        Store {
+            db,
+            feed: Feed::default(),
+        }
+    }
+
+    /// This replica's change feed (call [`Feed::relay_from`] to hear other replicas).
+    pub fn feed(&self) -> &Feed {
+        &self.feed
+    }
+
+    /// Tells local subscribers about a committed change. On PostgreSQL the transaction's
+    /// NOTIFY already reaches every replica, this one included.
+    fn announce(&self, notice: Notice) {
+        if self.db.get_database_backend() != DbBackend::Postgres {
+            self.feed.publish(notice);
+        }
+    }
+
+    /// The change record of `profile_id` at `version`, if there is one.
+    pub async fn change(&self, tenant: TenantId, profile_id: Uuid, version: i32) -> Result<Option<ChangeRecord>> {
+        let (mut records, _) = self.history(tenant, profile_id, 1, version.checked_add(1)).await?;
+        Ok(records.pop().filter(|record| record.version == version))
     }
 
     pub fn connection(&self) -> &DatabaseConnection {
@@ -226,8 +250,9 @@ impl Store {
             .await
             .map_err(|err| on_external_id(err, change))?;
         save_children(&tx, &blank, &profile, &custom_fields).await?;
-        record(&tx, tenant, &profile, "createProfile", &changes, actor).await?;
+        let notice = record(&tx, tenant, &profile, "createProfile", &changes, actor).await?;
         tx.commit().await?;
+        self.announce(notice);
         Ok(ProfileView { profile, custom_fields })
     }
 
@@ -284,8 +309,9 @@ impl Store {
                 .await
                 .map_err(|err| on_external_id(err, change))?;
             save_children(&tx, &before, &after, &custom_fields).await?;
-            record(&tx, tenant, &after, operation, &changes, actor).await?;
+            let notice = record(&tx, tenant, &after, operation, &changes, actor).await?;
             tx.commit().await?;
+            self.announce(notice);
         }
         Ok(Updated {
             profile: ProfileView {
@@ -343,8 +369,9 @@ impl Store {
             .filter(profile::Column::Id.eq(profile.id))
             .exec(&tx)
             .await?;
-        record(&tx, tenant, &profile, "setProfileStatus", &[change], actor).await?;
+        let notice = record(&tx, tenant, &profile, "setProfileStatus", &[change], actor).await?;
         tx.commit().await?;
+        self.announce(notice);
         Ok(ProfileView { profile, custom_fields })
     }
 
@@ -364,8 +391,9 @@ impl Store {
             version: row.version + 1,
             ..Profile::new(row.id, row.serial_number, Utc::now())
         };
-        record(&tx, tenant, &tombstone, "deleteProfile", &[], actor).await?;
+        let notice = record(&tx, tenant, &tombstone, "deleteProfile", &[], actor).await?;
         tx.commit().await?;
+        self.announce(notice);
         Ok(row.id)
     }
 
@@ -498,7 +526,7 @@ async fn record(
     operation: &str,
     changes: &[FieldChange],
     actor: &Actor,
-) -> Result<()> {
+) -> Result<Notice> {
     profile_change::ActiveModel {
         id: Set(Uuid::new_v4()),
         tenant_id: Set(tenant.0),
@@ -512,7 +540,22 @@ async fn record(
     }
     .insert(tx)
     .await?;
-    Ok(())
+    let notice = Notice {
+        tenant: tenant.0,
+        profile_id: profile.id,
+        version: profile.version,
+    };
+    if tx.get_database_backend() == DbBackend::Postgres {
+        // Delivered to every replica's listener when (and only if) the transaction commits.
+        let payload = serde_json::to_string(&notice).map_err(internal)?;
+        tx.execute_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "SELECT pg_notify($1, $2)",
+            [feed::CHANNEL.into(), payload.into()],
+        ))
+        .await?;
+    }
+    Ok(notice)
 }
 
 fn internal(err: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Error {

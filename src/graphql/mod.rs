@@ -6,24 +6,26 @@
 mod cursor;
 mod mutation;
 mod query;
+mod subscription;
 mod types;
 
-use async_graphql::{Context, EmptySubscription, Schema, SchemaBuilder};
+use async_graphql::{Context, Schema, SchemaBuilder};
 
 pub use mutation::Mutation;
 pub use query::Query;
+pub use subscription::Subscription;
 pub use types::{CustomFieldType, MemberType, ProfileStatus};
 
 use crate::store::{Actor, Store, TenantId};
 
-pub type AppSchema = Schema<Query, Mutation, EmptySubscription>;
+pub type AppSchema = Schema<Query, Mutation, Subscription>;
 
 /// Mutation root fields that need an admin key; every other mutation needs write.
 pub const ADMIN_FIELDS: &[&str] = &["defineCustomField"];
 
 /// The schema with nothing attached: add `.data(store)` before `.finish()` to serve it.
-pub fn schema() -> SchemaBuilder<Query, Mutation, EmptySubscription> {
-    Schema::build(Query, Mutation, EmptySubscription)
+pub fn schema() -> SchemaBuilder<Query, Mutation, Subscription> {
+    Schema::build(Query, Mutation, Subscription)
 }
 
 /// The schema as SDL, what `schema.graphql` holds: types, fields and enum values sorted,

@@ -15,14 +15,20 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use async_graphql::ErrorExtensions;
 use async_graphql::extensions::{Extension, ExtensionContext, ExtensionFactory, NextExecute};
+use async_graphql::http::ALL_WEBSOCKET_PROTOCOLS;
 use async_graphql::parser::types::OperationType;
 use async_graphql::{Request, Variables};
+use async_graphql_axum::{GraphQLProtocol, GraphQLWebSocket};
 use axum::Extension as RequestExtension;
 use axum::body::Body;
-use axum::extract::{RawQuery, State};
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{FromRequestParts, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use futures::StreamExt;
+use futures::stream::BoxStream;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde_json::{Value, json};
 
@@ -339,22 +345,150 @@ async fn remember(state: &AppState, tenant: TenantId, key: &str, response: Respo
     Response::from_parts(parts, Body::from(bytes))
 }
 
+/// GET: a query in the query string, or a WebSocket upgrade for subscriptions.
 pub async fn get(
     State(state): State<AppState>,
     RequestExtension(request_id): RequestExtension<RequestId>,
-    headers: HeaderMap,
-    RawQuery(query): RawQuery,
+    request: axum::extract::Request,
 ) -> Response {
+    let (parts, _) = request.into_parts();
+    let upgrade = parts.headers.get(header::UPGRADE).and_then(|v| v.to_str().ok());
+    if upgrade.is_some_and(|protocol| protocol.eq_ignore_ascii_case("websocket")) {
+        return subscribe(state, parts).await;
+    }
+    let headers = parts.headers;
+    let query = parts.uri.query();
     let Some(media) = negotiate(headers.get(header::ACCEPT).and_then(|v| v.to_str().ok())) else {
         return not_acceptable(request_id);
     };
     let result = async {
         let principal = authenticate(&state, &headers).await?;
-        let request = parse_query_string(query.as_deref().unwrap_or_default())?;
+        let request = parse_query_string(query.unwrap_or_default())?;
         Ok::<_, Refuse>(run(&state, principal, vec![request], false, Method::Get, media, request_id).await)
     }
     .await;
     result.unwrap_or_else(|refusal| refusal.into_response(media, request_id))
+}
+
+/// Subscriptions over the graphql-transport-ws protocol (and the older graphql-ws). The key
+/// comes in the `connection_init` payload (`{"X-API-Key": KEY}`, `{"apiKey": KEY}` or
+/// `{"Authorization": "Bearer KEY"}`), or as a header of the upgrade request.
+async fn subscribe(state: AppState, mut parts: axum::http::request::Parts) -> Response {
+    let upgrade = match WebSocketUpgrade::from_request_parts(&mut parts, &state).await {
+        Ok(upgrade) => upgrade,
+        Err(rejection) => return rejection.into_response(),
+    };
+    let protocol = match GraphQLProtocol::from_request_parts(&mut parts, &state).await {
+        Ok(protocol) => protocol,
+        Err(rejection) => return rejection.into_response(),
+    };
+    let header_key = presented_key(&parts.headers).map(str::to_owned);
+    let executor = SubscriptionsOnly {
+        schema: state.schema,
+        index: state.index,
+        limits: state.limits,
+    };
+    let keys = state.keys;
+    upgrade.protocols(ALL_WEBSOCKET_PROTOCOLS).on_upgrade(move |socket| {
+        GraphQLWebSocket::new(socket, executor, protocol)
+            .on_connection_init(move |payload| async move {
+                let unauthenticated = |message: &str| {
+                    async_graphql::Error::new(message).extend_with(|_, e| e.set("code", Code::Unauthenticated.as_str()))
+                };
+                let key = key_in(&payload).or(header_key).ok_or_else(|| {
+                    unauthenticated("Send an API key in the connection_init payload: {\"X-API-Key\": KEY}.")
+                })?;
+                match keys.authenticate(&key).await {
+                    Ok(Some(principal)) => {
+                        let mut data = async_graphql::Data::default();
+                        data.insert(principal);
+                        data.insert(principal.tenant);
+                        Ok(data)
+                    }
+                    Ok(None) => Err(unauthenticated("The API key is unknown or revoked.")),
+                    Err(err) => {
+                        tracing::error!(error = %err, "authentication failed");
+                        Err(async_graphql::Error::new("Something went wrong on our side."))
+                    }
+                }
+            })
+            .serve()
+    })
+}
+
+/// The API key in a `connection_init` payload, under any of the names clients use.
+fn key_in(payload: &Value) -> Option<String> {
+    let object = payload.as_object()?;
+    let headers = object.get("headers").and_then(Value::as_object);
+    [Some(object), headers].into_iter().flatten().find_map(|fields| {
+        fields.iter().find_map(|(name, value)| {
+            let value = value.as_str()?.trim();
+            match name.to_ascii_lowercase().as_str() {
+                "x-api-key" | "apikey" | "api_key" => Some(value.to_owned()),
+                "authorization" => {
+                    let (scheme, key) = value.split_once(' ')?;
+                    scheme.eq_ignore_ascii_case("bearer").then(|| key.trim().to_owned())
+                }
+                _ => None,
+            }
+        })
+    })
+}
+
+/// Runs subscriptions only, after the same limits as HTTP: queries and mutations over the
+/// socket would skip the HTTP edge's checks, so they are sent to HTTP.
+#[derive(Clone)]
+struct SubscriptionsOnly {
+    schema: crate::graphql::AppSchema,
+    index: Arc<super::SchemaIndex>,
+    limits: Arc<super::Limits>,
+}
+
+impl SubscriptionsOnly {
+    fn refuse(code: &'static str, message: impl Into<String>) -> BoxStream<'static, async_graphql::Response> {
+        let mut extensions = async_graphql::ErrorExtensionValues::default();
+        extensions.set("code", code);
+        let mut error = async_graphql::ServerError::new(message, None);
+        error.extensions = Some(extensions);
+        futures::stream::once(async move { async_graphql::Response::from_errors(vec![error]) }).boxed()
+    }
+}
+
+impl async_graphql::Executor for SubscriptionsOnly {
+    async fn execute(&self, _request: Request) -> async_graphql::Response {
+        let error = async_graphql::ServerError::new("Send queries and mutations as HTTP POST requests.", None);
+        async_graphql::Response::from_errors(vec![error])
+    }
+
+    fn execute_stream(
+        &self,
+        mut request: Request,
+        session_data: Option<Arc<async_graphql::Data>>,
+    ) -> BoxStream<'static, async_graphql::Response> {
+        if request.query.len() > self.limits.max_document_bytes {
+            return Self::refuse("DOCUMENT_TOO_LARGE", "The GraphQL document is too large.");
+        }
+        let variables = request.variables.clone();
+        let operation_name = request.operation_name.clone();
+        let document = match request.parsed_query() {
+            Ok(document) => document,
+            Err(err) => return Self::refuse("GRAPHQL_PARSE_FAILED", err.message),
+        };
+        if let Some(operation) = select(document, operation_name.as_deref()) {
+            if operation.ty != OperationType::Subscription {
+                return Self::refuse(
+                    "BAD_REQUEST",
+                    "Only subscriptions run over the WebSocket; send queries and mutations as HTTP POST requests.",
+                );
+            }
+            match analyze(&self.index, &self.limits, document, operation, &variables) {
+                Ok(_) => {}
+                Err(Refusal::Limit { code, message }) => return Self::refuse(code, message),
+                Err(Refusal::Invalid(message)) => return Self::refuse("GRAPHQL_VALIDATION_FAILED", message),
+            }
+        }
+        async_graphql::Executor::execute_stream(&self.schema, request, session_data)
+    }
 }
 
 fn not_acceptable(request_id: RequestId) -> Response {
@@ -571,6 +705,14 @@ async fn run(
                 continue;
             }
         };
+        if analysis.kind == OperationType::Subscription {
+            return Refuse::new(
+                StatusCode::BAD_REQUEST,
+                "BAD_REQUEST",
+                "Subscriptions run over a WebSocket on /graphql (graphql-transport-ws).",
+            )
+            .into_response(media, request_id);
+        }
         if analysis.kind != OperationType::Query {
             if method == Method::Get {
                 return Refuse::new(

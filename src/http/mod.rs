@@ -74,6 +74,8 @@ pub fn router(store: Store, config: EdgeConfig) -> crate::error::Result<Router> 
     if let Some(key) = &config.graphiql_key {
         graphiql = graphiql.header("X-API-Key", key);
     }
+    // Subscribers here hear changes made through every replica.
+    store.feed().relay_from(store.connection());
     let state = AppState {
         schema: schema.data(store.clone()).finish(),
         keys: Keys::new(store.clone()),

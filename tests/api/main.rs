@@ -13,3 +13,4 @@ mod history;
 mod idempotency;
 mod profiles;
 mod readme;
+mod subscriptions;
