@@ -24,7 +24,12 @@ pub struct TestApp {
 
 enum TestDatabase {
     Sqlite(#[allow(dead_code)] tempfile::TempDir),
-    Postgres { admin_url: String, name: String },
+    Postgres {
+        admin_url: String,
+        name: String,
+    },
+    /// Another replica's database, cleaned up by that replica.
+    Shared,
 }
 
 impl Drop for TestDatabase {
@@ -55,6 +60,7 @@ impl TestDatabase {
         match self {
             TestDatabase::Sqlite(_) => "sqlite",
             TestDatabase::Postgres { name, .. } => name,
+            TestDatabase::Shared => "shared",
         }
     }
 }
@@ -107,16 +113,40 @@ impl TestApp {
         Some(Self::start(&url, TestDatabase::Postgres { admin_url, name }, config).await)
     }
 
+    /// A second server on this one's database, as another replica would run.
+    pub async fn replica(&self) -> TestApp {
+        let config = EdgeConfig {
+            introspection: true,
+            ..EdgeConfig::default()
+        };
+        Self::serve(
+            &self.database_url,
+            TestDatabase::Shared,
+            config,
+            Some(self.admin_key.clone()),
+        )
+        .await
+    }
+
     async fn start(url: &str, database: TestDatabase, config: EdgeConfig) -> TestApp {
+        Self::serve(url, database, config, None).await
+    }
+
+    /// Serves `url`'s database, with `admin_key` or a new admin key of `default`.
+    async fn serve(url: &str, database: TestDatabase, config: EdgeConfig, admin_key: Option<String>) -> TestApp {
         let connection = db::connect(url).await.expect("connect to the test database");
         db::migrate(&connection).await.expect("apply the migrations");
         let store = Store::new(connection);
         let keys = Keys::new(store.clone());
-        let admin_key = keys
-            .create("default", Scope::Admin, None)
-            .await
-            .expect("an admin key")
-            .key;
+        let admin_key = match admin_key {
+            Some(key) => key,
+            None => {
+                keys.create("default", Scope::Admin, None)
+                    .await
+                    .expect("an admin key")
+                    .key
+            }
+        };
         let router = http::router(store, config).expect("build the router");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind port 0");
         let address = format!("http://{}", listener.local_addr().expect("a local address"));

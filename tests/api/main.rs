@@ -13,4 +13,5 @@ mod history;
 mod idempotency;
 mod profiles;
 mod readme;
+mod replicas;
 mod subscriptions;
