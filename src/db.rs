@@ -10,13 +10,18 @@ use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbErr};
 /// `BEGIN IMMEDIATE`; this bounds the wait under heavy contention.
 const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long a request waits for a database connection. While the database is down, opening
+/// one fails at once and is retried until then; a request then fails with UNAVAILABLE well
+/// within its own timeout.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// Opens a pool on `url` (`sqlite://…` or `postgres://…`). A SQLite file is created when
 /// missing and put in WAL mode, so readers never wait for the one writer.
 pub async fn connect(url: &str) -> Result<DatabaseConnection, DbErr> {
     let mut options = ConnectOptions::new(url);
     options
         .sqlx_logging(false)
-        .acquire_timeout(Duration::from_secs(10))
+        .acquire_timeout(ACQUIRE_TIMEOUT)
         .map_sqlx_sqlite_opts(|sqlite| {
             sqlite
                 .create_if_missing(true)

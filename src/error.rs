@@ -27,6 +27,7 @@ pub enum Code {
     InvalidStatusTransition,
     Unauthenticated,
     Forbidden,
+    Unavailable,
     Internal,
 }
 
@@ -46,6 +47,7 @@ impl Code {
             Code::InvalidStatusTransition => "INVALID_STATUS_TRANSITION",
             Code::Unauthenticated => "UNAUTHENTICATED",
             Code::Forbidden => "FORBIDDEN",
+            Code::Unavailable => "UNAVAILABLE",
             Code::Internal => "INTERNAL",
         }
     }
@@ -110,9 +112,29 @@ pub enum Error {
     /// The caller's fault: sent to the client as is.
     #[error("{0}")]
     User(Fault),
+    /// The database cannot be reached right now: sent as UNAVAILABLE, so that clients retry.
+    #[error("database unavailable: {0}")]
+    Unavailable(#[source] DbErr),
     /// Ours: logged with its cause, sent as INTERNAL with no detail.
     #[error("internal error: {0}")]
     Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// Whether `err` says the database cannot be reached (down, restarting, network gone), as
+/// opposed to a fault in what we asked of it.
+pub fn is_unavailable(err: &DbErr) -> bool {
+    use sea_orm::sqlx::Error as Sqlx;
+    use sea_orm::{ConnAcquireErr, RuntimeErr};
+    match err {
+        DbErr::ConnectionAcquire(ConnAcquireErr::Timeout | ConnAcquireErr::ConnectionClosed) | DbErr::Conn(_) => true,
+        DbErr::Exec(RuntimeErr::SqlxError(err)) | DbErr::Query(RuntimeErr::SqlxError(err)) => match err.as_ref() {
+            Sqlx::Io(_) | Sqlx::PoolTimedOut | Sqlx::PoolClosed | Sqlx::WorkerCrashed | Sqlx::Tls(_) => true,
+            // PostgreSQL shutting down or restarting: admin_shutdown, crash_shutdown, cannot_connect_now.
+            Sqlx::Database(db) => matches!(db.code().as_deref(), Some("57P01" | "57P02" | "57P03")),
+            _ => false,
+        },
+        _ => false,
+    }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -125,7 +147,11 @@ impl From<Fault> for Error {
 
 impl From<DbErr> for Error {
     fn from(err: DbErr) -> Self {
-        Error::Internal(Box::new(err))
+        if is_unavailable(&err) {
+            Error::Unavailable(err)
+        } else {
+            Error::Internal(Box::new(err))
+        }
     }
 }
 
@@ -166,6 +192,11 @@ impl ErrorExtensions for Error {
                     }
                 }
             }),
+            Error::Unavailable(source) => {
+                tracing::warn!(error = %source, "database unavailable");
+                async_graphql::Error::new("The database is unavailable right now; please retry shortly.")
+                    .extend_with(|_, ext| ext.set("code", Code::Unavailable.as_str()))
+            }
             Error::Internal(source) => {
                 tracing::error!(error = %source, debug = ?source, "internal error");
                 async_graphql::Error::new("Something went wrong on our side. Please try again later.")

@@ -258,10 +258,7 @@ async fn idempotent(
     loop {
         let claim = match state.idempotency.claim(tenant, key, &fingerprint).await {
             Ok(claim) => claim,
-            Err(err) => {
-                tracing::error!(error = %err, "idempotency key lookup failed");
-                return internal().into_response(media, request_id);
-            }
+            Err(err) => return server_fault(&err).into_response(media, request_id),
         };
         match claim {
             Claim::Run => {
@@ -515,9 +512,25 @@ async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Principal
             Code::Unauthenticated.as_str(),
             "The API key is unknown or revoked.",
         )),
-        Err(err) => {
-            tracing::error!(error = %err, "authentication failed");
-            Err(internal())
+        Err(err) => Err(server_fault(&err)),
+    }
+}
+
+/// The refusal for a failure on our side: UNAVAILABLE (503) while the database is out of
+/// reach, INTERNAL (500) otherwise. Logged here; the client learns nothing more.
+fn server_fault(err: &crate::error::Error) -> Refuse {
+    match err {
+        crate::error::Error::Unavailable(source) => {
+            tracing::warn!(error = %source, "database unavailable");
+            Refuse::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                Code::Unavailable.as_str(),
+                "The database is unavailable right now; please retry shortly.",
+            )
+        }
+        _ => {
+            tracing::error!(error = %err, "request failed");
+            internal()
         }
     }
 }

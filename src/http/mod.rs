@@ -56,6 +56,7 @@ impl fmt::Display for RequestId {
 #[derive(Clone)]
 pub(crate) struct AppState {
     schema: AppSchema,
+    store: Store,
     keys: Keys,
     idempotency: IdempotencyKeys,
     limits: Arc<Limits>,
@@ -78,6 +79,7 @@ pub fn router(store: Store, config: EdgeConfig) -> crate::error::Result<Router> 
     store.feed().relay_from(store.connection());
     let state = AppState {
         schema: schema.data(store.clone()).finish(),
+        store: store.clone(),
         keys: Keys::new(store.clone()),
         idempotency: IdempotencyKeys::new(store, config.limits.request_timeout()),
         limits: Arc::new(config.limits),
@@ -92,9 +94,32 @@ pub fn router(store: Store, config: EdgeConfig) -> crate::error::Result<Router> 
             get(|state: axum::extract::State<AppState>| async move { Html(state.graphiql.to_string()) }),
         )
         .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
         .layer(CatchPanicLayer::custom(panic_response))
         .layer(middleware::from_fn(request_id))
         .with_state(state))
+}
+
+/// Ready when the database answers within two seconds: a load balancer sends no traffic to a
+/// replica that cannot reach it.
+async fn readyz(axum::extract::State(state): axum::extract::State<AppState>) -> Response {
+    let ping = tokio::time::timeout(std::time::Duration::from_secs(2), state.store.connection().ping()).await;
+    match ping {
+        Ok(Ok(())) => (StatusCode::OK, "ready").into_response(),
+        Ok(Err(err)) => {
+            tracing::warn!(error = %err, "not ready: the database does not answer");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not ready: the database does not answer",
+            )
+                .into_response()
+        }
+        Err(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: the database does not answer in time",
+        )
+            .into_response(),
+    }
 }
 
 /// No request should be able to panic the server; if one does all the same, its client gets

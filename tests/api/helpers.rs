@@ -93,6 +93,19 @@ impl TestApp {
 
     /// The gateway over a new PostgreSQL database, configured with `config`.
     pub async fn postgres_with(config: EdgeConfig) -> Option<TestApp> {
+        Self::postgres_through(None, config).await
+    }
+
+    /// Where `TEST_POSTGRES_URL`'s server listens, if set.
+    pub fn postgres_address() -> Option<String> {
+        let url = std::env::var(POSTGRES_URL_VAR).ok()?;
+        let authority = url.split("://").nth(1)?.split('/').next()?;
+        Some(authority.rsplit('@').next()?.to_owned())
+    }
+
+    /// The gateway over a new PostgreSQL database that it reaches through `via` (a proxy's
+    /// address) when given.
+    pub async fn postgres_through(via: Option<&str>, config: EdgeConfig) -> Option<TestApp> {
         let Ok(admin_url) = std::env::var(POSTGRES_URL_VAR) else {
             eprintln!("{POSTGRES_URL_VAR} is not set: not running this test on PostgreSQL");
             return None;
@@ -109,7 +122,10 @@ impl TestApp {
         let (base, _) = admin_url
             .rsplit_once('/')
             .expect("a PostgreSQL URL ends with /DATABASE");
-        let url = format!("{base}/{name}");
+        let mut url = format!("{base}/{name}");
+        if let (Some(via), Some(direct)) = (via, Self::postgres_address()) {
+            url = url.replacen(&direct, via, 1);
+        }
         Some(Self::start(&url, TestDatabase::Postgres { admin_url, name }, config).await)
     }
 

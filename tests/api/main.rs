@@ -8,6 +8,7 @@ mod concurrency;
 mod custom_fields;
 mod dialects;
 mod edge;
+mod faults;
 mod fuzz;
 mod history;
 mod idempotency;
