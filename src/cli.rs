@@ -6,7 +6,7 @@ use clap::{ArgAction, Args, Parser, Subcommand};
 use uuid::Uuid;
 
 use crate::auth::{KeyInfo, Keys, Scope};
-use crate::http::{DEFAULT_TENANT, EdgeConfig, Limits};
+use crate::http::{DEFAULT_TENANT, EdgeConfig, Lifecycle, Limits};
 use crate::idempotency::IdempotencyKeys;
 use crate::store::Store;
 
@@ -137,16 +137,16 @@ pub async fn run(cli: Cli) -> Result<(), BoxError> {
                 }
             }
             spawn_idempotency_purge(IdempotencyKeys::new(store.clone(), limits.request_timeout()));
-            let router = crate::http::router(
-                store,
-                EdgeConfig {
-                    limits,
-                    introspection,
-                    graphiql_key,
-                },
-            )?;
+            let lifecycle = Lifecycle::default();
+            let config = EdgeConfig {
+                limits,
+                introspection,
+                graphiql_key,
+                lifecycle: lifecycle.clone(),
+            };
+            let router = crate::http::router(store, config)?;
             let listener = crate::http::bind(listen).await?;
-            crate::http::serve(listener, router).await?;
+            crate::http::serve(listener, router, lifecycle).await?;
         }
         Command::Migrate { database } => {
             database.open().await?;

@@ -134,7 +134,7 @@ fn apikey_create_refuses_a_bad_tenant_name_or_scope() {
 
 /// A server started as a newcomer starts it: `serve` in an empty working directory.
 struct Served {
-    _server: Server,
+    server: Server,
     dir: tempfile::TempDir,
     /// The admin key the first start printed.
     key: String,
@@ -183,7 +183,7 @@ fn serve() -> Served {
     std::thread::spawn(move || stderr.for_each(|line| drop(log_lines.send(line))));
     let address = address.expect("the log names the GraphQL address");
     Served {
-        _server: server,
+        server,
         dir,
         key,
         address,
@@ -243,6 +243,124 @@ fn serve_creates_its_database_and_a_first_key_and_logs_where_graphql_is() {
     let logged = std::iter::from_fn(|| log.recv_timeout(Duration::from_secs(10)).ok())
         .find(|line| line.contains(&request_id) && line.contains("request done"));
     assert!(logged.is_some(), "no log line names the request id {request_id}");
+}
+
+impl Served {
+    /// Sends SIGTERM.
+    fn terminate(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.server.0.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// The exit status, once the process exits within `wait`.
+    fn exit_status(&mut self, wait: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + wait;
+        while Instant::now() < deadline {
+            if let Some(status) = self.server.0.try_wait().unwrap() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+}
+
+#[test]
+fn sigterm_drains_in_flight_requests_closes_subscriptions_and_exits_0() {
+    use futures::{SinkExt, StreamExt};
+    use sea_orm::{SqliteTransactionMode, TransactionOptions, TransactionTrait};
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+    let mut served = serve();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (address, key) = (served.address.clone(), served.key.clone());
+    let database = format!("sqlite://{}", served.dir.path().join("profile-gateway.db").display());
+    let client = reqwest::Client::new();
+    let create = |client: reqwest::Client| {
+        let (address, key) = (address.clone(), key.clone());
+        async move {
+            client
+                .post(format!("{address}/graphql"))
+                .header("X-API-Key", key)
+                .json(&serde_json::json!({"query": "mutation { createProfile(input: {}) { id } }"}))
+                .send()
+                .await
+        }
+    };
+    runtime.block_on(async {
+        let mut request = format!("{}/graphql", address.replacen("http://", "ws://", 1))
+            .into_client_request()
+            .unwrap();
+        request
+            .headers_mut()
+            .insert("Sec-WebSocket-Protocol", "graphql-transport-ws".parse().unwrap());
+        let (mut socket, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+        let send = |message: serde_json::Value| Message::text(message.to_string());
+        socket
+            .send(send(
+                serde_json::json!({"type": "connection_init", "payload": {"X-API-Key": key}}),
+            ))
+            .await
+            .unwrap();
+        let ack = socket.next().await.unwrap().unwrap();
+        assert!(ack.to_text().unwrap().contains("connection_ack"), "{ack:?}");
+        let subscription = serde_json::json!({"id": "1", "type": "subscribe",
+            "payload": {"query": "subscription { profileChanged { version } }"}});
+        socket.send(send(subscription)).await.unwrap();
+        // Live once a change comes through.
+        let mut live = false;
+        for _ in 0..100 {
+            create(client.clone()).await.unwrap();
+            if let Ok(Some(Ok(message))) = tokio::time::timeout(Duration::from_millis(100), socket.next()).await {
+                assert!(message.to_text().unwrap().contains("next"), "{message:?}");
+                live = true;
+                break;
+            }
+        }
+        assert!(live, "the subscription never went live");
+        while tokio::time::timeout(Duration::from_millis(200), socket.next())
+            .await
+            .is_ok()
+        {}
+
+        // An in-flight request: another connection holds SQLite's write lock.
+        let other = profile_gateway::db::connect(&database).await.unwrap();
+        let options = TransactionOptions {
+            sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
+            ..Default::default()
+        };
+        let lock = other.begin_with_options(options).await.unwrap();
+        let in_flight = tokio::spawn(create(client.clone()));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        served.terminate();
+
+        // The subscription ends with a close frame saying the server is going away.
+        let closed = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                match socket.next().await {
+                    Some(Ok(Message::Close(frame))) => return frame.map(|f| u16::from(f.code)),
+                    Some(Ok(_)) => continue,
+                    _ => return None,
+                }
+            }
+        })
+        .await
+        .expect("the socket closes");
+        assert_eq!(closed, Some(1001));
+
+        // The in-flight request still finishes once it can.
+        lock.rollback().await.unwrap();
+        let finished = in_flight.await.unwrap().expect("the in-flight request is answered");
+        assert_eq!(finished.status(), 200);
+        let body: serde_json::Value = finished.json().await.unwrap();
+        assert!(body["data"]["createProfile"]["id"].is_string(), "{body}");
+    });
+    let status = served.exit_status(Duration::from_secs(10)).expect("the server exits");
+    assert!(status.success(), "{status:?}");
 }
 
 /// graphql-http's audits of the GraphQL over HTTP specification, against the real binary.

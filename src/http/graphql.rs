@@ -23,10 +23,11 @@ use async_graphql::{Request, Variables};
 use async_graphql_axum::{GraphQLProtocol, GraphQLWebSocket};
 use axum::Extension as RequestExtension;
 use axum::body::Body;
-use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::ws::{CloseFrame, Message, WebSocketUpgrade, close_code};
 use axum::extract::{FromRequestParts, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use futures::SinkExt;
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
@@ -386,8 +387,31 @@ async fn subscribe(state: AppState, mut parts: axum::http::request::Parts) -> Re
         limits: state.limits,
     };
     let keys = state.keys;
+    let lifecycle = state.lifecycle;
     upgrade.protocols(ALL_WEBSOCKET_PROTOCOLS).on_upgrade(move |socket| {
-        GraphQLWebSocket::new(socket, executor, protocol)
+        let sockets = lifecycle.sockets.clone();
+        // The GraphQL side writes into a channel that this task forwards to the socket, so that
+        // on shutdown the socket still gets a close frame after the GraphQL side has ended.
+        let (mut sink, stream) = socket.split();
+        let (to_client, mut outgoing) = futures::channel::mpsc::channel::<Message>(16);
+        // Ending the input on shutdown ends every subscription of this socket.
+        let input = stream.take_until(lifecycle.shutdown.clone().cancelled_owned());
+        let forward = async move {
+            while let Some(message) = outgoing.next().await {
+                if sink.send(message).await.is_err() {
+                    return;
+                }
+            }
+            if lifecycle.shutdown.is_cancelled() {
+                let away = CloseFrame {
+                    code: close_code::AWAY,
+                    reason: "the server is shutting down".into(),
+                };
+                let _ = sink.send(Message::Close(Some(away))).await;
+            }
+            let _ = sink.close().await;
+        };
+        let graphql = GraphQLWebSocket::new_with_pair(to_client, input, executor, protocol)
             .on_connection_init(move |payload| async move {
                 let unauthenticated = |message: &str| {
                     async_graphql::Error::new(message).extend_with(|_, e| e.set("code", Code::Unauthenticated.as_str()))
@@ -409,7 +433,10 @@ async fn subscribe(state: AppState, mut parts: axum::http::request::Parts) -> Re
                     }
                 }
             })
-            .serve()
+            .serve();
+        sockets.track_future(async move {
+            tokio::join!(graphql, forward);
+        })
     })
 }
 

@@ -17,6 +17,8 @@ use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::get;
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tower_http::catch_panic::CatchPanicLayer;
 use tracing::Instrument;
 use uuid::Uuid;
@@ -41,6 +43,31 @@ pub struct EdgeConfig {
     pub introspection: bool,
     /// A key GraphiQL sends for the user: only for a key made on this start, on loopback.
     pub graphiql_key: Option<String>,
+    /// Ends subscriptions when the server shuts down, and waits for their sockets to close.
+    pub lifecycle: Lifecycle,
+}
+
+/// What a shutdown must end and wait for beyond HTTP requests: upgraded WebSocket
+/// connections, which the HTTP server no longer tracks.
+#[derive(Debug, Clone, Default)]
+pub struct Lifecycle {
+    shutdown: CancellationToken,
+    sockets: TaskTracker,
+}
+
+impl Lifecycle {
+    /// Tells every socket to close.
+    pub fn shut_down(&self) {
+        self.shutdown.cancel();
+    }
+
+    /// Waits (at most `grace`) for every socket to close.
+    pub async fn closed(&self, grace: std::time::Duration) {
+        self.sockets.close();
+        if tokio::time::timeout(grace, self.sockets.wait()).await.is_err() {
+            tracing::warn!("some sockets did not close in time");
+        }
+    }
 }
 
 /// Names one request in its response (`x-request-id`, `extensions.requestId`) and its log lines.
@@ -61,6 +88,7 @@ pub(crate) struct AppState {
     idempotency: IdempotencyKeys,
     limits: Arc<Limits>,
     index: Arc<SchemaIndex>,
+    lifecycle: Lifecycle,
     graphiql: Arc<str>,
 }
 
@@ -85,6 +113,7 @@ pub fn router(store: Store, config: EdgeConfig) -> crate::error::Result<Router> 
         limits: Arc::new(config.limits),
         index: Arc::new(index),
         graphiql: graphiql.finish().into(),
+        lifecycle: config.lifecycle,
     };
     Ok(Router::new()
         .route("/", get(|| async { Redirect::temporary("/graphiql") }))
@@ -164,10 +193,19 @@ async fn request_id(mut request: Request, next: Next) -> Response {
 }
 
 /// Serves `router` on `listener` until ctrl-c or SIGTERM.
-pub async fn serve(listener: TcpListener, router: Router) -> std::io::Result<()> {
+/// Serves `router` on `listener` until ctrl-c or SIGTERM; then stops accepting, closes every
+/// subscription with a close frame, lets in-flight requests finish, and returns.
+pub async fn serve(listener: TcpListener, router: Router, lifecycle: Lifecycle) -> std::io::Result<()> {
+    let on_signal = lifecycle.clone();
     axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown_signal())
-        .await
+        .with_graceful_shutdown(async move {
+            shutdown_signal().await;
+            on_signal.shut_down();
+        })
+        .await?;
+    lifecycle.closed(std::time::Duration::from_secs(5)).await;
+    tracing::info!("stopped");
+    Ok(())
 }
 
 /// Binds `addr`, logging where GraphQL and GraphiQL are.
