@@ -72,6 +72,17 @@ pub struct ChangeRecord {
     pub at: chrono::DateTime<Utc>,
 }
 
+/// How an `updateProfile` call runs.
+#[derive(Debug, Clone, Copy)]
+pub struct Update<'a> {
+    /// The operation its history record names (`updateProfile.scrip`, …).
+    pub operation: &'a str,
+    /// Apply only to this version (VERSION_CONFLICT otherwise).
+    pub expected_version: Option<i32>,
+    /// Compute the result and store nothing.
+    pub dry_run: bool,
+}
+
 /// The outcome of `updateProfile`.
 #[derive(Debug, Clone)]
 pub struct Updated {
@@ -256,17 +267,20 @@ impl Store {
         Ok(ProfileView { profile, custom_fields })
     }
 
-    /// Applies `change` to the profile `key` names, all or nothing.
+    /// Applies `change` to the profile `key` names, all or nothing, as `update` says.
     pub async fn update(
         &self,
         tenant: TenantId,
         key: &ProfileKey,
         change: &ChangeSet,
-        expected_version: Option<i32>,
-        dry_run: bool,
-        operation: &str,
+        update: &Update<'_>,
         actor: &Actor,
     ) -> Result<Updated> {
+        let Update {
+            operation,
+            expected_version,
+            dry_run,
+        } = *update;
         let tx = self.begin_write().await?;
         let row = find_row(&tx, tenant, key, true)
             .await?

@@ -111,11 +111,11 @@ fn spruce() -> impl Strategy<Value = ProfileUpdate> {
             },
         );
     (maybe(any::<bool>()), maybe(text()), maybe(profile)).prop_map(|(marketing_consent, role, profile)| {
-        ProfileUpdate::Spruce(SpruceUserUpdate {
+        ProfileUpdate::Spruce(Box::new(SpruceUserUpdate {
             marketing_consent,
             role,
             profile,
-        })
+        }))
     })
 }
 

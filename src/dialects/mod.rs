@@ -36,7 +36,7 @@ pub enum ProfileUpdate {
     Scrip(ScripParticipantPatch),
     /// The shop API's PUT of a user with a nested profile: a sent value is stored, an explicit
     /// null clears the field, an absent field stays as it is.
-    Spruce(SpruceUserUpdate),
+    Spruce(Box<SpruceUserUpdate>),
     /// The billing API's tag operations: create (must not exist), update (must exist), set
     /// (create or overwrite) and delete tags, all or nothing.
     Fragment(FragmentUserPatch),
@@ -67,7 +67,7 @@ impl TryFrom<ProfileUpdate> for ChangeSet {
     fn try_from(update: ProfileUpdate) -> Result<Self, Fault> {
         match update {
             ProfileUpdate::Scrip(patch) => patch.try_into(),
-            ProfileUpdate::Spruce(put) => put.try_into(),
+            ProfileUpdate::Spruce(put) => (*put).try_into(),
             ProfileUpdate::Fragment(patch) => patch.try_into(),
             ProfileUpdate::ProfileValues(post) => post.try_into(),
             ProfileUpdate::CompetitionLabs(put) => put.try_into(),

@@ -7,6 +7,7 @@ use super::{actor, scope};
 use crate::dialects::{CreateProfileInput, ProfileUpdate};
 use crate::domain::{ChangeSet, NewCustomField, ProfileKey};
 use crate::error::Fault;
+use crate::store::Update;
 
 pub struct Mutation;
 
@@ -47,7 +48,17 @@ impl Mutation {
         let change = ChangeSet::try_from(update).extend()?;
         let key = existing(&r#ref).extend()?;
         let updated = store
-            .update(tenant, &key, &change, expected_version, dry_run, operation, &actor(ctx))
+            .update(
+                tenant,
+                &key,
+                &change,
+                &Update {
+                    operation,
+                    expected_version,
+                    dry_run,
+                },
+                &actor(ctx),
+            )
             .await
             .extend()?;
         Ok(UpdateProfilePayload {

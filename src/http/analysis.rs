@@ -13,11 +13,14 @@ use async_graphql_value::{ConstValue, Name, Value};
 
 use super::limits::Limits;
 
+/// An output field: its named type and its arguments' types.
+type FieldInfo = (String, HashMap<String, Type>);
+
 /// Types and fields of the schema, enough to follow arguments into input objects.
 #[derive(Debug, Default)]
 pub struct SchemaIndex {
-    /// Output type → field → (the field's named type, its arguments' types).
-    objects: HashMap<String, HashMap<String, (String, HashMap<String, Type>)>>,
+    /// Output type → field → what it returns and takes.
+    objects: HashMap<String, HashMap<String, FieldInfo>>,
     /// Input type → (whether it is @oneOf, its fields' types).
     inputs: HashMap<String, (bool, HashMap<String, Type>)>,
 }

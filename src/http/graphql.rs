@@ -672,7 +672,7 @@ fn required_scope(kind: OperationType, root_fields: &[String]) -> Scope {
 
 /// One request, ready to execute or already answered before execution.
 enum Prepared {
-    Execute(Request),
+    Execute(Box<Request>),
     Answered { body: Value, status: StatusCode },
 }
 
@@ -728,7 +728,7 @@ async fn run(
         };
         // When no single operation is selected, execution fails before it starts.
         let Some(operation) = select(document, operation_name.as_deref()) else {
-            prepared.push(Prepared::Execute(request));
+            prepared.push(Prepared::Execute(Box::new(request)));
             continue;
         };
         let analysis = match analyze(&state.index, limits, document, operation, &variables) {
@@ -783,7 +783,7 @@ async fn run(
             ));
             continue;
         }
-        prepared.push(Prepared::Execute(request));
+        prepared.push(Prepared::Execute(Box::new(request)));
     }
 
     let execution = async {
@@ -791,7 +791,7 @@ async fn run(
         for item in prepared {
             answers.push(match item {
                 Prepared::Answered { body, status } => (body, status),
-                Prepared::Execute(request) => execute(state, principal, request, media, request_id).await,
+                Prepared::Execute(request) => execute(state, principal, *request, media, request_id).await,
             });
         }
         answers

@@ -99,8 +99,10 @@ pub fn router(store: Store, config: EdgeConfig) -> crate::error::Result<Router> 
         schema = schema.disable_introspection().disable_suggestions();
     }
     let index = SchemaIndex::new(&crate::sdl()).map_err(|err| crate::error::Error::Internal(Box::new(err)))?;
-    let mut graphiql =
-        GraphiQLSource::build().endpoint("/graphql").subscription_endpoint("/graphql").title("profile-gateway");
+    let mut graphiql = GraphiQLSource::build()
+        .endpoint("/graphql")
+        .subscription_endpoint("/graphql")
+        .title("profile-gateway");
     if let Some(key) = &config.graphiql_key {
         graphiql = graphiql.header("X-API-Key", key).ws_connection_param("X-API-Key", key);
     }
