@@ -2,8 +2,9 @@
 //!
 //! Layout, from the edge inwards:
 //!
-//! - [`cli`]: the `profile-gateway` command line (`serve`, `migrate`, `print-schema`).
-//! - [`http`]: the axum router: `/graphql`, `/graphiql`, `/healthz`.
+//! - [`cli`]: the `profile-gateway` command line (`serve`, `migrate`, `print-schema`, `apikey`).
+//! - [`http`]: the edge: `/graphql` over HTTP and WebSocket, `/graphiql`, `/healthz`,
+//!   `/readyz`; API keys, limits, request ids, graceful shutdown.
 //! - [`graphql`]: the schema, its client-facing types and thin resolvers.
 //! - [`dialects`]: each vendor's `updateProfile` input and its `TryFrom` translation into the
 //!   canonical change set; pure, with the unit tests of DIALECTS.md beside them.

@@ -18,6 +18,10 @@
 //!
 //! Reads run in a read-only snapshot (REPEATABLE READ on PostgreSQL, a deferred transaction
 //! under WAL on SQLite), so a profile is never shown with the tags of another version.
+//!
+//! Every applied change appends its history record in the same transaction and announces the
+//! new version on the change feed ([`crate::feed`]): by a `NOTIFY` inside the transaction on
+//! PostgreSQL, after the commit on SQLite. A change that rolls back leaves neither.
 
 use std::collections::HashMap;
 use std::sync::Arc;
