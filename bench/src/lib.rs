@@ -1,13 +1,26 @@
-//! profile-gateway's benchmark.
+//! profile-gateway's benchmark: profile-gateway on PostgreSQL and on SQLite against
+//! PostGraphile v5, a raw SQL baseline and a plain-axum HTTP floor.
 //!
-//! Each contender is a gateway over its own freshly seeded database (profiles with tags and
-//! attributes), started as the real binary (full runs, so that its CPU time and peak memory are
-//! its own) or in process (smoke runs, in the test suite). Contenders take turns (A B A B …) for
-//! every round; each round warms up, then measures every workload at each connection count
+//! Layout:
+//!
+//! - [`load`]: the load generator: connections as fast as they go, or a fixed request rate.
+//! - [`clients`]: how each contender is asked for a request, and how its answer is checked.
+//! - [`reference`] and `sql/reference.sql`: the SQL of the contenders that are not
+//!   profile-gateway; [`floor`]: the HTTP floor's routes over it.
+//! - this module: setting the contenders up over the same seeded data, running the rounds,
+//!   and the report.
+//!
+//! Every PostgreSQL contender works on one freshly seeded database (profile-gateway's own
+//! tables, filled by its own store), so all of them read and write the same data; the SQLite
+//! contender has its own file with the same seed. Contenders take turns (A B A B …) in every
+//! round; each turn warms up, then measures every workload at each connection count
 //! (throughput) and at half the first count's throughput (latency at a fixed rate). The report
 //! gives the median over rounds with the spread, as markdown and CSV.
 
+pub mod clients;
+pub mod floor;
 pub mod load;
+pub mod reference;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -24,39 +37,69 @@ use profile_gateway::http::{self, EdgeConfig};
 use profile_gateway::store::{Actor, Store};
 use rand::Rng;
 use sea_orm::ConnectionTrait;
-use serde_json::{Value, json};
+use sea_orm::sqlx::{self, PgPool, postgres::PgPoolOptions};
+use serde_json::json;
 use tokio::io::{AsyncBufReadExt, BufReader};
+use uuid::Uuid;
 
-use load::{Call, Sample, Target, Workload};
+use load::{Client, Op, Sample, Workload};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// The databases a contender can run on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Backend {
-    Postgres,
-    Sqlite,
+/// The contenders.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, clap::ValueEnum)]
+pub enum Kind {
+    /// profile-gateway on PostgreSQL.
+    GatewayPostgres,
+    /// profile-gateway on SQLite.
+    GatewaySqlite,
+    /// PostGraphile v5 (Node) over the same tables, its write a PostgreSQL function.
+    Postgraphile,
+    /// Plain axum routes running the reference SQL.
+    Floor,
+    /// The reference SQL from this process: no HTTP, no GraphQL.
+    Raw,
 }
 
-impl Backend {
+impl Kind {
+    pub const ALL: [Kind; 5] = [
+        Kind::GatewayPostgres,
+        Kind::GatewaySqlite,
+        Kind::Postgraphile,
+        Kind::Floor,
+        Kind::Raw,
+    ];
+
     pub fn name(self) -> &'static str {
         match self {
-            Backend::Postgres => "profile-gateway (PostgreSQL)",
-            Backend::Sqlite => "profile-gateway (SQLite)",
+            Kind::GatewayPostgres => "profile-gateway (PostgreSQL)",
+            Kind::GatewaySqlite => "profile-gateway (SQLite)",
+            Kind::Postgraphile => "PostGraphile v5",
+            Kind::Floor => "HTTP floor (axum + SQL)",
+            Kind::Raw => "raw SQL (no HTTP)",
         }
+    }
+
+    pub fn on_postgres(self) -> bool {
+        self != Kind::GatewaySqlite
     }
 }
 
 /// What to run.
 #[derive(Debug, Clone)]
 pub struct Options {
-    pub backends: Vec<Backend>,
-    /// A PostgreSQL URL whose server may create a database per contender.
+    pub contenders: Vec<Kind>,
+    /// A PostgreSQL URL whose server may create the benchmark's database.
     pub postgres_url: String,
-    /// The gateway binary to start; `None` serves in process.
+    /// The gateway binary to start; `None` serves profile-gateway (and the floor) in process.
     pub server_binary: Option<PathBuf>,
+    /// The HTTP floor's binary; `None` serves it in process.
+    pub floor_binary: Option<PathBuf>,
+    /// The folder of `postgraphile/server.mjs` with its `node_modules` installed.
+    pub postgraphile_dir: PathBuf,
     pub profiles: usize,
     pub rounds: usize,
+    /// The first turn's warm-up; later turns warm up for at most [`REWARM`].
     pub warmup: Duration,
     pub duration: Duration,
     pub connections: Vec<usize>,
@@ -64,82 +107,70 @@ pub struct Options {
     pub out: PathBuf,
 }
 
+/// Warm-up of every turn after a contender's first: its process, JIT and caches are warm
+/// already; this refills connection pools after the other contenders' turns.
+const REWARM: Duration = Duration::from_secs(3);
+
 /// One measurement of one contender.
 #[derive(Debug, Clone)]
 pub struct Measurement {
-    pub contender: &'static str,
+    pub contender: Kind,
     pub workload: &'static str,
-    /// `c16`, `c64`, … or `rate N/s`.
+    /// `c16`, `c64`, … or `rate`.
     pub mode: String,
     pub sample: Sample,
     /// The server's and the database's CPU seconds per successful request, when measurable.
     pub server_cpu_per_request: Option<f64>,
     pub database_cpu_per_request: Option<f64>,
+    /// Statements PostgreSQL executed per request (pg_stat_statements), when measurable.
+    pub round_trips: Option<f64>,
 }
 
 /// A running contender.
 struct Contender {
-    backend: Backend,
-    target: Target,
-    /// The seeded profiles' ids.
-    ids: Arc<Vec<String>>,
+    kind: Kind,
+    client: Arc<dyn Client>,
+    ids: Arc<Vec<Arc<str>>>,
     process: Option<tokio::process::Child>,
-    _sqlite_dir: Option<tempfile::TempDir>,
-    postgres_database: Option<(String, String)>,
+}
+
+/// A seeded database.
+struct Seeded {
+    url: String,
+    ids: Arc<Vec<Arc<str>>>,
+    tenant: Uuid,
+    api_key: String,
 }
 
 /// The workloads, by name: W1 reads a random profile with its tags and attributes; W2 merges
 /// two attribute keys and replaces the tags of a random profile; W3 does the same to one hot
 /// profile; W4 lists 50 profiles with their tags.
-fn workloads(ids: &Arc<Vec<String>>) -> Vec<(&'static str, Workload)> {
+fn workloads(ids: &Arc<Vec<Arc<str>>>) -> Vec<(&'static str, Workload)> {
     let random = {
         let ids = ids.clone();
         move || ids[rand::rng().random_range(0..ids.len())].clone()
     };
-    let read = {
-        let random = random.clone();
-        Arc::new(move |_: u64| {
-            let id = random();
-            Call {
-                body: json!({"query": "query($id: ID!) { profile(ref: {id: $id}) { id tags { key value } attributes } }", "variables": {"id": id}}).to_string(),
-                check: Box::new(move |body: &Value| body["data"]["profile"]["id"] == id.as_str()),
-            }
-        }) as Workload
-    };
-    let update = |pick: Arc<dyn Fn() -> String + Send + Sync>| {
-        Arc::new(move |n: u64| {
-            let id = pick();
-            let update = json!({"scrip": {"attributes": {"a": n, "b": n % 7}, "tags": [format!("t{}", n % 5), "vip"]}});
-            Call {
-                body: json!({
-                    "query": "mutation($id: ID!, $u: ProfileUpdate!) { updateProfile(ref: {id: $id}, update: $u) { profile { id version } } }",
-                    "variables": {"id": id, "u": update},
-                })
-                .to_string(),
-                check: Box::new(move |body: &Value| body["data"]["updateProfile"]["profile"]["id"] == id.as_str()),
-            }
-        }) as Workload
-    };
     let hot = ids[0].clone();
-    let expected = ids.len().min(50);
-    let list = Arc::new(move |_: u64| Call {
-        body: json!({"query": "{ profiles(first: 50) { nodes { id tags { key value } } } }"}).to_string(),
-        check: Box::new(move |body: &Value| {
-            body["data"]["profiles"]["nodes"]
-                .as_array()
-                .is_some_and(|n| n.len() == expected)
-        }),
-    }) as Workload;
     vec![
-        ("W1 read", read),
-        ("W2 update", update(Arc::new(random))),
-        ("W3 hot update", update(Arc::new(move || hot.clone()))),
-        ("W4 list", list),
+        ("W1 read", {
+            let random = random.clone();
+            Arc::new(move |_| Op::Read { id: random() })
+        }),
+        ("W2 update", Arc::new(move |n| Op::Update { id: random(), n })),
+        ("W3 hot update", Arc::new(move |n| Op::Update { id: hot.clone(), n })),
+        ("W4 list", Arc::new(|_| Op::List)),
     ]
 }
 
-/// Creates `count` profiles, each with 3 tags and 5 attributes, through the gateway's own store.
-async fn seed(store: &Store, count: usize) -> Result<Vec<String>, BoxError> {
+/// Creates `count` profiles, each with 3 tags and 5 attributes, through the gateway's own
+/// store, and an API key; on PostgreSQL also the reference SQL's function.
+async fn seed(url: &str, count: usize) -> Result<Seeded, BoxError> {
+    let db = profile_gateway::db::connect(url).await?;
+    profile_gateway::db::migrate(&db).await?;
+    if db.get_database_backend() == sea_orm::DbBackend::Postgres {
+        db.execute_unprepared(reference::FUNCTION).await?;
+    }
+    let store = Store::new(db);
     let tenant = store.ensure_tenant(http::DEFAULT_TENANT).await?;
     let mut ids = Vec::with_capacity(count);
     for n in 0..count {
@@ -160,102 +191,160 @@ async fn seed(store: &Store, count: usize) -> Result<Vec<String>, BoxError> {
             ..Default::default()
         };
         let change = ChangeSet::try_from(input).map_err(profile_gateway::error::Error::from)?;
-        ids.push(
-            store
-                .create(tenant, &change, &Actor::default())
-                .await?
-                .profile
-                .id
-                .to_string(),
-        );
+        let created = store.create(tenant, &change, &Actor::default()).await?;
+        ids.push(Arc::from(created.profile.id.to_string()));
     }
-    Ok(ids)
-}
-
-async fn start(backend: Backend, options: &Options) -> Result<Contender, BoxError> {
-    let (url, sqlite_dir, postgres_database) = match backend {
-        Backend::Sqlite => {
-            let dir = tempfile::Builder::new().prefix("pgw-bench-").tempdir()?;
-            let url = format!("sqlite://{}", dir.path().join("bench.db").display());
-            (url, Some(dir), None)
-        }
-        Backend::Postgres => {
-            let name = format!("pgw_bench_{}", uuid::Uuid::new_v4().simple());
-            let admin = sea_orm::Database::connect(&options.postgres_url).await?;
-            admin
-                .execute_unprepared(&format!(r#"CREATE DATABASE "{name}""#))
-                .await?;
-            admin.close().await?;
-            let (base, _) = options
-                .postgres_url
-                .rsplit_once('/')
-                .ok_or("a PostgreSQL URL ends with /DATABASE")?;
-            (
-                format!("{base}/{name}"),
-                None,
-                Some((options.postgres_url.clone(), name)),
-            )
-        }
-    };
-    let db = profile_gateway::db::connect(&url).await?;
-    profile_gateway::db::migrate(&db).await?;
-    let store = Store::new(db);
-    let ids = seed(&store, options.profiles.max(1)).await?;
     let api_key = Keys::new(store.clone())
         .create(http::DEFAULT_TENANT, Scope::Write, Some("bench".into()))
         .await?
         .key;
-    let (address, process) = match &options.server_binary {
-        Some(binary) => {
-            let mut child = tokio::process::Command::new(binary)
-                .args(["serve", "--listen", "127.0.0.1:0", "--database-url", &url])
-                .env("RUST_LOG", "info")
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .kill_on_drop(true)
-                .spawn()?;
-            let stderr = child.stderr.take().ok_or("no stderr")?;
-            let mut lines = BufReader::new(stderr).lines();
-            let mut address = None;
-            while let Some(line) = lines.next_line().await? {
-                if let Some(rest) = line.split("GraphQL at ").nth(1) {
-                    address = rest
-                        .split(',')
-                        .next()
-                        .map(|url| url.trim_end_matches("/graphql").to_owned());
-                    break;
-                }
+    store.connection().clone().close().await?;
+    Ok(Seeded {
+        url: url.to_owned(),
+        ids: Arc::new(ids),
+        tenant: tenant.0,
+        api_key,
+    })
+}
+
+/// Starts `command` and waits for the line, on stdout or stderr as `on_stderr` says, from
+/// which `address` reads where it listens; keeps draining its output.
+async fn spawn(
+    mut command: tokio::process::Command,
+    on_stderr: bool,
+    address: impl Fn(&str) -> Option<String>,
+) -> Result<(String, tokio::process::Child), BoxError> {
+    let (watched, other) = if on_stderr {
+        (Stdio::piped(), Stdio::null())
+    } else {
+        (Stdio::piped(), Stdio::inherit())
+    };
+    if on_stderr {
+        command.stderr(watched).stdout(other);
+    } else {
+        command.stdout(watched).stderr(other);
+    }
+    let mut child = command.kill_on_drop(true).spawn()?;
+    let output: Box<dyn tokio::io::AsyncRead + Unpin + Send> = if on_stderr {
+        Box::new(child.stderr.take().ok_or("no stderr")?)
+    } else {
+        Box::new(child.stdout.take().ok_or("no stdout")?)
+    };
+    let mut lines = BufReader::new(output).lines();
+    let found = tokio::time::timeout(Duration::from_secs(120), async {
+        while let Some(line) = lines.next_line().await? {
+            if let Some(found) = address(&line) {
+                return Ok::<_, std::io::Error>(Some(found));
             }
-            // Keep draining the log so the server never blocks on it.
-            tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-            (address.ok_or("the server did not say where it listens")?, Some(child))
         }
-        None => {
-            let router = http::router(
-                store,
-                EdgeConfig {
-                    introspection: true,
-                    ..EdgeConfig::default()
-                },
-            )?;
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-            let address = format!("http://{}", listener.local_addr()?);
-            tokio::spawn(async move {
-                if let Err(err) = axum::serve(listener, router).await {
-                    eprintln!("the in-process server stopped: {err}");
+        Ok(None)
+    })
+    .await;
+    let found = match found {
+        Ok(Ok(Some(found))) => found,
+        Ok(Ok(None)) => return Err("the server exited before it said where it listens".into()),
+        Ok(Err(err)) => return Err(err.into()),
+        Err(_) => return Err("the server did not say where it listens within 2 minutes".into()),
+    };
+    // Keep draining the output so the server never blocks on it.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    Ok((found, child))
+}
+
+fn listening_on(line: &str) -> Option<String> {
+    let port = line.strip_prefix("listening on ")?.trim();
+    Some(format!("http://127.0.0.1:{port}"))
+}
+
+async fn pool(url: &str) -> Result<PgPool, BoxError> {
+    // As many connections as profile-gateway's pool (sqlx's default of 10).
+    Ok(PgPoolOptions::new().max_connections(10).connect(url).await?)
+}
+
+async fn start(kind: Kind, seeded: &Seeded, options: &Options) -> Result<Contender, BoxError> {
+    let list_len = seeded.ids.len().min(50);
+    let (client, process) = match kind {
+        Kind::GatewayPostgres | Kind::GatewaySqlite => {
+            let (address, process) = match &options.server_binary {
+                Some(binary) => {
+                    let mut command = tokio::process::Command::new(binary);
+                    command
+                        .args(["serve", "--listen", "127.0.0.1:0", "--database-url", &seeded.url])
+                        .env("RUST_LOG", "info");
+                    let (address, child) = spawn(command, true, |line| {
+                        let rest = line.split("GraphQL at ").nth(1)?;
+                        Some(rest.split(',').next()?.trim_end_matches("/graphql").to_owned())
+                    })
+                    .await?;
+                    (address, Some(child))
                 }
-            });
-            (address, None)
+                None => {
+                    let store = Store::new(profile_gateway::db::connect(&seeded.url).await?);
+                    let router = http::router(store, EdgeConfig::default())?;
+                    (serve_in_process(router).await?, None)
+                }
+            };
+            (clients::Gateway::client(&address, &seeded.api_key, list_len), process)
         }
+        Kind::Postgraphile => {
+            let dir = &options.postgraphile_dir;
+            let node = dir.join("node_modules/.bin/node");
+            if !node.exists() {
+                return Err(format!(
+                    "{} is missing: run `npm ci --prefix {}` (bench/run does)",
+                    node.display(),
+                    dir.display()
+                )
+                .into());
+            }
+            // Absolute, as the child runs in `dir`.
+            let mut command = tokio::process::Command::new(std::path::absolute(&node)?);
+            command
+                .arg("server.mjs")
+                .current_dir(dir)
+                .env("NODE_ENV", "production")
+                .env("DATABASE_URL", &seeded.url)
+                .env("PORT", "0");
+            let (address, child) = spawn(command, false, listening_on).await?;
+            (
+                clients::PostGraphile::client(&address, seeded.tenant, list_len),
+                Some(child),
+            )
+        }
+        Kind::Floor => match &options.floor_binary {
+            Some(binary) => {
+                let mut command = tokio::process::Command::new(binary);
+                command.args(["--database-url", &seeded.url]);
+                let (address, child) = spawn(command, false, listening_on).await?;
+                (clients::Floor::client(&address, seeded.tenant, list_len), Some(child))
+            }
+            None => {
+                let address = serve_in_process(floor::router(pool(&seeded.url).await?)).await?;
+                (clients::Floor::client(&address, seeded.tenant, list_len), None)
+            }
+        },
+        Kind::Raw => (
+            clients::Raw::client(pool(&seeded.url).await?, seeded.tenant, list_len),
+            None,
+        ),
     };
     Ok(Contender {
-        backend,
-        target: Target::new(&address, &api_key),
-        ids: Arc::new(ids),
+        kind,
+        client,
+        ids: seeded.ids.clone(),
         process,
-        _sqlite_dir: sqlite_dir,
-        postgres_database,
     })
+}
+
+async fn serve_in_process(router: axum::Router) -> Result<String, BoxError> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let address = format!("http://{}", listener.local_addr()?);
+    tokio::spawn(async move {
+        if let Err(err) = axum::serve(listener, router).await {
+            eprintln!("an in-process server stopped: {err}");
+        }
+    });
+    Ok(address)
 }
 
 impl Contender {
@@ -263,17 +352,100 @@ impl Contender {
         if let Some(mut process) = self.process.take() {
             let _ = process.kill().await;
         }
-        if let Some((admin_url, name)) = self.postgres_database.take()
-            && let Ok(admin) = sea_orm::Database::connect(&admin_url).await
-        {
-            let _ = admin
-                .execute_unprepared(&format!(r#"DROP DATABASE IF EXISTS "{name}" WITH (FORCE)"#))
-                .await;
-        }
     }
 
     fn pid(&self) -> Option<u32> {
         self.process.as_ref().and_then(|p| p.id())
+    }
+}
+
+/// The benchmark's PostgreSQL database, dropped at the end.
+struct Database {
+    admin_url: String,
+    name: String,
+    url: String,
+}
+
+impl Database {
+    async fn create(admin_url: &str) -> Result<Self, BoxError> {
+        let name = format!("pgw_bench_{}", Uuid::new_v4().simple());
+        let admin = sea_orm::Database::connect(admin_url).await?;
+        admin
+            .execute_unprepared(&format!(r#"CREATE DATABASE "{name}""#))
+            .await?;
+        admin.close().await?;
+        let (base, _) = admin_url
+            .rsplit_once('/')
+            .ok_or("a PostgreSQL URL ends with /DATABASE")?;
+        Ok(Database {
+            admin_url: admin_url.to_owned(),
+            url: format!("{base}/{name}"),
+            name,
+        })
+    }
+
+    async fn drop(self) {
+        if let Ok(admin) = sea_orm::Database::connect(&self.admin_url).await {
+            let _ = admin
+                .execute_unprepared(&format!(r#"DROP DATABASE IF EXISTS "{}" WITH (FORCE)"#, self.name))
+                .await;
+        }
+    }
+}
+
+/// Statement counts from pg_stat_statements, when the server loads it.
+struct StatementCounter {
+    admin: PgPool,
+    database: String,
+}
+
+impl StatementCounter {
+    /// `Err` says why statements cannot be counted on this server.
+    async fn new(admin_url: &str, database: &str) -> Result<Self, String> {
+        let admin = PgPoolOptions::new()
+            .max_connections(1)
+            .connect(admin_url)
+            .await
+            .map_err(|err| err.to_string())?;
+        let loaded: Option<String> = sqlx::query_scalar("SHOW shared_preload_libraries")
+            .fetch_optional(&admin)
+            .await
+            .map_err(|err| err.to_string())?;
+        if !loaded.is_some_and(|libraries| libraries.contains("pg_stat_statements")) {
+            return Err(
+                "pg_stat_statements is not in shared_preload_libraries (bench/run adds it on a local server)".into(),
+            );
+        }
+        sqlx::query("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+            .execute(&admin)
+            .await
+            .map_err(|err| err.to_string())?;
+        Ok(StatementCounter {
+            admin,
+            database: database.to_owned(),
+        })
+    }
+
+    async fn reset(&self) {
+        if let Err(err) = sqlx::query("SELECT pg_stat_statements_reset()")
+            .execute(&self.admin)
+            .await
+        {
+            eprintln!("could not reset pg_stat_statements: {err}");
+        }
+    }
+
+    /// Statements executed in the benchmark's database since the last reset.
+    async fn count(&self) -> Option<f64> {
+        sqlx::query_scalar::<_, f64>(
+            "SELECT coalesce(sum(s.calls), 0)::float8 FROM pg_stat_statements AS s \
+             JOIN pg_database AS d ON d.oid = s.dbid WHERE d.datname = $1",
+        )
+        .bind(&self.database)
+        .fetch_one(&self.admin)
+        .await
+        .map_err(|err| eprintln!("could not read pg_stat_statements: {err}"))
+        .ok()
     }
 }
 
@@ -327,123 +499,174 @@ fn peak_rss_mib(pid: u32) -> Option<f64> {
     Some(kib / 1024.0)
 }
 
-/// Runs every round and writes the report; returns the measurements.
+/// Sets the contenders up, runs every round, stops them and writes the report.
 pub async fn run(options: &Options) -> Result<Report, BoxError> {
-    let mut contenders = Vec::new();
-    for backend in &options.backends {
-        eprintln!("seeding {} with {} profiles", backend.name(), options.profiles);
-        contenders.push(start(*backend, options).await?);
+    let mut notes = Vec::new();
+    let on_postgres = options.contenders.iter().any(|kind| kind.on_postgres());
+    let database = match on_postgres {
+        true => Some(Database::create(&options.postgres_url).await?),
+        false => None,
+    };
+    let result = run_on(options, database.as_ref(), &mut notes).await;
+    if let Some(database) = database {
+        database.drop().await;
     }
-    let mut measurements = Vec::new();
-    for round in 1..=options.rounds {
-        for contender in &contenders {
-            eprintln!("round {round}: {}", contender.backend.name());
-            let workloads = workloads(&contender.ids);
-            let warm = load::closed_loop(
-                &contender.target,
-                &workloads[0].1,
-                options.connections[0],
-                options.warmup,
-            )
-            .await;
-            if warm.ok == 0 {
-                return Err(format!("{} answered nothing during warm-up", contender.backend.name()).into());
-            }
-            for (name, workload) in &workloads {
-                let mut first_throughput = None;
-                for &connections in &options.connections {
-                    let measured = measure(contender, options, || {
-                        load::closed_loop(&contender.target, workload, connections, options.duration)
-                    })
-                    .await;
-                    first_throughput.get_or_insert(measured.0.throughput());
-                    measurements.push(Measurement {
-                        contender: contender.backend.name(),
-                        workload: name,
-                        mode: format!("c{connections}"),
-                        sample: measured.0,
-                        server_cpu_per_request: measured.1,
-                        database_cpu_per_request: measured.2,
-                    });
-                }
-                let rate = (first_throughput.unwrap_or(1.0) / 2.0).max(1.0);
-                let measured = measure(contender, options, || {
-                    load::open_loop(&contender.target, workload, rate, options.duration)
-                })
-                .await;
-                measurements.push(Measurement {
-                    contender: contender.backend.name(),
-                    workload: name,
-                    mode: "rate ½ max".to_owned(),
-                    sample: measured.0,
-                    server_cpu_per_request: measured.1,
-                    database_cpu_per_request: measured.2,
-                });
-            }
-        }
-    }
-    let peak_rss: BTreeMap<&'static str, f64> = contenders
-        .iter()
-        .filter_map(|c| Some((c.backend.name(), peak_rss_mib(c.pid()?)?)))
-        .collect();
-    let postgres_version = postgres_version(&options.postgres_url, &options.backends).await;
-    for contender in contenders {
-        contender.stop().await;
-    }
+    let (measurements, peak_rss) = result?;
     let report = Report {
         measurements,
         peak_rss,
         options: options.clone(),
-        postgres_version,
+        postgres_version: match on_postgres {
+            true => postgres_version(&options.postgres_url).await,
+            false => None,
+        },
+        notes,
     };
     report.write(&options.out)?;
     Ok(report)
 }
 
-/// Runs one measurement and the CPU the server and PostgreSQL spent on it, per request.
-async fn measure<F, Fut>(contender: &Contender, options: &Options, run: F) -> (Sample, Option<f64>, Option<f64>)
+type Measured = (Vec<Measurement>, BTreeMap<Kind, f64>);
+
+async fn run_on(options: &Options, database: Option<&Database>, notes: &mut Vec<String>) -> Result<Measured, BoxError> {
+    let profiles = options.profiles.max(1);
+    let mut seeded = BTreeMap::new();
+    if let Some(database) = database {
+        eprintln!("seeding PostgreSQL with {profiles} profiles");
+        seeded.insert(true, seed(&database.url, profiles).await?);
+    }
+    let sqlite_dir = tempfile::Builder::new().prefix("pgw-bench-").tempdir()?;
+    if options.contenders.contains(&Kind::GatewaySqlite) {
+        eprintln!("seeding SQLite with {profiles} profiles");
+        let url = format!("sqlite://{}", sqlite_dir.path().join("bench.db").display());
+        seeded.insert(false, seed(&url, profiles).await?);
+    }
+    let counter = match database {
+        Some(database) => match StatementCounter::new(&database.admin_url, &database.name).await {
+            Ok(counter) => Some(counter),
+            Err(why) => {
+                notes.push(format!("SQL round trips not measured: {why}."));
+                None
+            }
+        },
+        None => None,
+    };
+    let mut contenders = Vec::new();
+    for &kind in &options.contenders {
+        eprintln!("starting {}", kind.name());
+        let data = seeded
+            .get(&kind.on_postgres())
+            .ok_or("no seeded database for a contender")?;
+        contenders.push(start(kind, data, options).await?);
+    }
+    let mut measurements = Vec::new();
+    for round in 1..=options.rounds {
+        for contender in &contenders {
+            eprintln!("round {round}: {}", contender.kind.name());
+            let workloads = workloads(&contender.ids);
+            let warmup = match round {
+                1 => options.warmup,
+                _ => options.warmup.min(REWARM),
+            };
+            // Every workload warms up, so that each code path is compiled and cached.
+            let share = warmup / workloads.len() as u32;
+            for (name, workload) in &workloads {
+                let warm = load::closed_loop(&contender.client, workload, options.connections[0], share).await;
+                if warm.ok == 0 {
+                    return Err(format!("{} answered no {name} request during warm-up", contender.kind.name()).into());
+                }
+            }
+            for (name, workload) in &workloads {
+                let mut first_throughput = None;
+                for &connections in &options.connections {
+                    let mut measured = measure(contender, counter.as_ref(), || {
+                        load::closed_loop(&contender.client, workload, connections, options.duration)
+                    })
+                    .await;
+                    first_throughput.get_or_insert(measured.sample.throughput());
+                    measured.workload = name;
+                    measured.mode = format!("c{connections}");
+                    measurements.push(measured);
+                }
+                let rate = (first_throughput.unwrap_or(1.0) / 2.0).max(1.0);
+                let mut measured = measure(contender, counter.as_ref(), || {
+                    load::open_loop(&contender.client, workload, rate, options.duration)
+                })
+                .await;
+                measured.workload = name;
+                measured.mode = RATE.to_owned();
+                measurements.push(measured);
+            }
+        }
+    }
+    let peak_rss = contenders
+        .iter()
+        .filter_map(|c| Some((c.kind, peak_rss_mib(c.pid()?)?)))
+        .collect();
+    for contender in contenders {
+        contender.stop().await;
+    }
+    Ok((measurements, peak_rss))
+}
+
+/// The fixed-rate measurement's mode.
+pub const RATE: &str = "rate ½ max";
+
+/// Runs one measurement, with the CPU the server and PostgreSQL spent on it and the
+/// statements PostgreSQL ran, per request.
+async fn measure<F, Fut>(contender: &Contender, counter: Option<&StatementCounter>, run: F) -> Measurement
 where
     F: FnOnce() -> Fut,
     Fut: std::future::Future<Output = Sample>,
 {
     let pid = contender.pid();
-    let on_postgres = contender.backend == Backend::Postgres && options.server_binary.is_some();
+    let counter = counter.filter(|_| contender.kind.on_postgres());
+    let on_postgres = contender.kind.on_postgres();
+    if let Some(counter) = counter {
+        counter.reset().await;
+    }
     let server_before = pid.and_then(cpu_seconds);
     let database_before = on_postgres.then(postgres_cpu_seconds).flatten();
     let sample = run().await;
-    let per_request = |before: Option<f64>, after: Option<f64>| Some((after? - before?) / (sample.ok.max(1) as f64));
-    let server = per_request(server_before, pid.and_then(cpu_seconds));
-    let database = per_request(database_before, on_postgres.then(postgres_cpu_seconds).flatten());
-    (sample, server, database)
+    let server_after = pid.and_then(cpu_seconds);
+    let database_after = on_postgres.then(postgres_cpu_seconds).flatten();
+    let requests = (sample.ok + sample.failed).max(1) as f64;
+    let per_request = |before: Option<f64>, after: Option<f64>| Some((after? - before?) / sample.ok.max(1) as f64);
+    let round_trips = match counter {
+        Some(counter) => counter.count().await.map(|count| count / requests),
+        None => None,
+    };
+    Measurement {
+        contender: contender.kind,
+        workload: "",
+        mode: String::new(),
+        server_cpu_per_request: per_request(server_before, server_after),
+        database_cpu_per_request: per_request(database_before, database_after),
+        round_trips,
+        sample,
+    }
 }
 
-async fn postgres_version(url: &str, backends: &[Backend]) -> Option<String> {
-    if !backends.contains(&Backend::Postgres) {
-        return None;
-    }
-    let db = sea_orm::Database::connect(url).await.ok()?;
-    let row = db
-        .query_one_raw(sea_orm::Statement::from_string(
-            db.get_database_backend(),
-            "SELECT version() AS v",
-        ))
-        .await
-        .ok()??;
-    row.try_get::<String>("", "v").ok()
+async fn postgres_version(url: &str) -> Option<String> {
+    let pool = PgPoolOptions::new().max_connections(1).connect(url).await.ok()?;
+    sqlx::query_scalar("SELECT version()").fetch_one(&pool).await.ok()
 }
 
 /// The results of a run.
 pub struct Report {
     pub measurements: Vec<Measurement>,
-    pub peak_rss: BTreeMap<&'static str, f64>,
+    /// Peak resident memory of each contender that runs as its own process, in MiB.
+    pub peak_rss: BTreeMap<Kind, f64>,
     pub options: Options,
     pub postgres_version: Option<String>,
+    /// What could not be measured, and why.
+    pub notes: Vec<String>,
 }
 
 /// The median over rounds of one contender, workload and mode.
 #[derive(Debug, Clone)]
 pub struct Summary {
-    pub contender: &'static str,
+    pub contender: Kind,
     pub workload: &'static str,
     pub mode: String,
     pub throughput: f64,
@@ -452,9 +675,11 @@ pub struct Summary {
     pub p50_ms: f64,
     pub p99_ms: f64,
     pub p999_ms: f64,
+    /// Over all rounds.
     pub failures: u64,
     pub server_cpu_ms: Option<f64>,
     pub database_cpu_ms: Option<f64>,
+    pub round_trips: Option<f64>,
 }
 
 fn median(mut values: Vec<f64>) -> f64 {
@@ -462,9 +687,22 @@ fn median(mut values: Vec<f64>) -> f64 {
     values.get(values.len() / 2).copied().unwrap_or(0.0)
 }
 
+fn optional_median(values: Vec<f64>) -> Option<f64> {
+    (!values.is_empty()).then(|| median(values))
+}
+
+/// One of issue #5's targets, judged on this run's medians.
+#[derive(Debug, Clone)]
+pub struct Verdict {
+    pub target: String,
+    pub measured: String,
+    /// `None` when a figure it needs was not measured.
+    pub met: Option<bool>,
+}
+
 impl Report {
     pub fn summaries(&self) -> Vec<Summary> {
-        let mut groups: BTreeMap<(&str, &str, String), Vec<&Measurement>> = BTreeMap::new();
+        let mut groups: BTreeMap<(Kind, &str, String), Vec<&Measurement>> = BTreeMap::new();
         for m in &self.measurements {
             groups
                 .entry((m.contender, m.workload, m.mode.clone()))
@@ -473,16 +711,14 @@ impl Report {
         }
         groups
             .into_iter()
-            .map(|((_, _, mode), ms)| {
+            .map(|((contender, workload, mode), ms)| {
                 let of = |f: &dyn Fn(&Measurement) -> f64| median(ms.iter().map(|m| f(m)).collect());
-                let optional = |f: &dyn Fn(&Measurement) -> Option<f64>| {
-                    let values: Vec<f64> = ms.iter().filter_map(|m| f(m)).collect();
-                    (!values.is_empty()).then(|| median(values) * 1000.0)
-                };
+                let optional =
+                    |f: &dyn Fn(&Measurement) -> Option<f64>| optional_median(ms.iter().filter_map(|m| f(m)).collect());
                 let throughputs: Vec<f64> = ms.iter().map(|m| m.sample.throughput()).collect();
                 Summary {
-                    contender: ms[0].contender,
-                    workload: ms[0].workload,
+                    contender,
+                    workload,
                     mode,
                     throughput: median(throughputs.clone()),
                     throughput_min: throughputs.iter().copied().fold(f64::INFINITY, f64::min),
@@ -491,11 +727,121 @@ impl Report {
                     p99_ms: of(&|m| m.sample.latency_ms(0.99)),
                     p999_ms: of(&|m| m.sample.latency_ms(0.999)),
                     failures: ms.iter().map(|m| m.sample.failed).sum(),
-                    server_cpu_ms: optional(&|m| m.server_cpu_per_request),
-                    database_cpu_ms: optional(&|m| m.database_cpu_per_request),
+                    server_cpu_ms: optional(&|m| m.server_cpu_per_request).map(|s| s * 1000.0),
+                    database_cpu_ms: optional(&|m| m.database_cpu_per_request).map(|s| s * 1000.0),
+                    round_trips: optional(&|m| m.round_trips),
                 }
             })
             .collect()
+    }
+
+    /// The target figures, judged.
+    pub fn verdicts(&self) -> Vec<Verdict> {
+        let summaries = self.summaries();
+        let find = |kind: Kind, workload: &str, mode: &str| {
+            summaries
+                .iter()
+                .find(|s| s.contender == kind && s.workload == workload && s.mode == mode)
+        };
+        let first = self
+            .options
+            .connections
+            .first()
+            .map(|c| format!("c{c}"))
+            .unwrap_or_default();
+        let most = self
+            .options
+            .connections
+            .last()
+            .map(|c| format!("c{c}"))
+            .unwrap_or_default();
+        let mut verdicts = Vec::new();
+        let mut judge = |target: String, measured: Option<(String, bool)>| {
+            verdicts.push(match measured {
+                Some((measured, met)) => Verdict {
+                    target,
+                    measured,
+                    met: Some(met),
+                },
+                None => Verdict {
+                    target,
+                    measured: "not measured".into(),
+                    met: None,
+                },
+            });
+        };
+        let gateway = Kind::GatewayPostgres;
+        for (workload, factor) in [("W1 read", 2.0), ("W2 update", 1.5)] {
+            judge(
+                format!("{workload}: ≥ {factor}× PostGraphile's req/s at {first}, p99 no worse"),
+                find(gateway, workload, &first)
+                    .zip(find(Kind::Postgraphile, workload, &first))
+                    .map(|(g, p)| {
+                        let ratio = g.throughput / p.throughput.max(f64::EPSILON);
+                        (
+                            format!("{ratio:.2}×; p99 {:.2} ms vs {:.2} ms", g.p99_ms, p.p99_ms),
+                            ratio >= factor && g.p99_ms <= p.p99_ms,
+                        )
+                    }),
+            );
+            judge(
+                format!("{workload}: ≥ 80% of the HTTP floor's req/s at {first}"),
+                find(gateway, workload, &first)
+                    .zip(find(Kind::Floor, workload, &first))
+                    .map(|(g, f)| {
+                        let ratio = g.throughput / f.throughput.max(f64::EPSILON);
+                        (format!("{:.0}%", ratio * 100.0), ratio >= 0.8)
+                    }),
+            );
+        }
+        judge(
+            "≤ 3 SQL round trips per updateProfile on PostgreSQL (W2)".into(),
+            find(gateway, "W2 update", &first)
+                .and_then(|s| s.round_trips)
+                .map(|rt| (format!("{rt:.2}"), rt <= 3.0)),
+        );
+        for kind in [Kind::GatewayPostgres, Kind::GatewaySqlite] {
+            for (workload, _) in workloads(&Arc::new(vec![Arc::from("")])) {
+                judge(
+                    format!("{}, {workload}: p99 ≤ 10 ms at half the maximum rate", kind.name()),
+                    find(kind, workload, RATE).map(|s| (format!("{:.2} ms", s.p99_ms), s.p99_ms <= 10.0)),
+                );
+                judge(
+                    format!("{}, {workload}: {most} req/s ≥ 90% of {first}'s", kind.name()),
+                    find(kind, workload, &most)
+                        .zip(find(kind, workload, &first))
+                        .map(|(m, f)| {
+                            let ratio = m.throughput / f.throughput.max(f64::EPSILON);
+                            (format!("{:.0}%", ratio * 100.0), ratio >= 0.9)
+                        }),
+                );
+            }
+        }
+        let sqlite = Kind::GatewaySqlite;
+        for (workload, floor) in [("W1 read", 10_000.0), ("W2 update", 4_000.0)] {
+            judge(
+                format!("SQLite {workload}: ≥ {floor:.0} req/s"),
+                find(sqlite, workload, &first)
+                    .zip(find(sqlite, workload, &most))
+                    .map(|(a, b)| {
+                        let best = a.throughput.max(b.throughput);
+                        (format!("{best:.0}/s"), best >= floor)
+                    }),
+            );
+        }
+        judge(
+            format!("SQLite W3 hot update: no error at {most}"),
+            find(sqlite, "W3 hot update", &most).map(|s| (format!("{} failures", s.failures), s.failures == 0)),
+        );
+        for kind in [Kind::GatewayPostgres, Kind::GatewaySqlite] {
+            judge(
+                format!("{}: peak RSS ≤ 100 MB", kind.name()),
+                self.peak_rss
+                    .get(&kind)
+                    .map(|mib| (format!("{mib:.1} MiB"), *mib * 1.048_576 <= 100.0)),
+            );
+        }
+        verdicts
     }
 
     fn machine() -> String {
@@ -520,42 +866,66 @@ impl Report {
         format!("{cores} cores ({cpu}), {memory}")
     }
 
+    fn postgraphile_version(&self) -> Option<String> {
+        let lock = std::fs::read_to_string(self.options.postgraphile_dir.join("package-lock.json")).ok()?;
+        let lock: serde_json::Value = serde_json::from_str(&lock).ok()?;
+        let version = |name: &str| {
+            lock["packages"][format!("node_modules/{name}")]["version"]
+                .as_str()
+                .map(str::to_owned)
+        };
+        Some(format!(
+            "PostGraphile {} on Node {}",
+            version("postgraphile")?,
+            version("node")?
+        ))
+    }
+
     pub fn markdown(&self) -> String {
         let o = &self.options;
         let mut md = String::new();
         let _ = writeln!(md, "# profile-gateway benchmark\n");
         let _ = writeln!(md, "- date: {}", chrono::Utc::now().format("%Y-%m-%d %H:%M UTC"));
         let _ = writeln!(md, "- machine: {}", Self::machine());
+        let mut versions = vec![format!("profile-gateway {}", env!("CARGO_PKG_VERSION"))];
+        if o.contenders.contains(&Kind::Postgraphile)
+            && let Some(postgraphile) = self.postgraphile_version()
+        {
+            versions.push(postgraphile);
+        }
+        versions.extend(self.postgres_version.clone());
+        let _ = writeln!(md, "- versions: {}", versions.join("; "));
         let _ = writeln!(
             md,
-            "- profile-gateway {}; {}",
-            env!("CARGO_PKG_VERSION"),
-            self.postgres_version.as_deref().unwrap_or("no PostgreSQL contender")
-        );
-        let _ = writeln!(
-            md,
-            "- {} profiles (3 tags, 5 attributes each); {} round(s), contenders alternating; warm-up {:?}, {:?} per measurement; server {}\n",
+            "- {} profiles (3 tags, 5 attributes each); {} round(s), contenders alternating; warm-up {:?} on a contender's first turn, at most {:?} on later ones; {:?} per measurement; servers {}\n",
             o.profiles,
             o.rounds,
             o.warmup,
+            REWARM,
             o.duration,
             if o.server_binary.is_some() {
-                "as its own process"
+                "as their own processes"
             } else {
                 "in process (smoke run: no CPU or memory figures)"
             },
         );
         let _ = writeln!(
             md,
-            "| contender | workload | load | req/s (median) | req/s spread | p50 ms | p99 ms | p99.9 ms | failures | server CPU ms/req | PostgreSQL CPU ms/req |"
+            "Medians over rounds; the spread is the lowest and highest round. CPU is per successful request; \
+             round trips are the statements PostgreSQL ran (pg_stat_statements) per request.\n"
         );
-        let _ = writeln!(md, "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
-        let cpu = |v: Option<f64>| v.map_or_else(|| "–".to_owned(), |v| format!("{v:.3}"));
-        for s in self.summaries() {
+        let _ = writeln!(
+            md,
+            "| contender | workload | load | req/s | req/s spread | p50 ms | p99 ms | p99.9 ms | failures | server CPU ms/req | PostgreSQL CPU ms/req | SQL round trips/req |"
+        );
+        let _ = writeln!(md, "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+        let opt = |v: Option<f64>| v.map_or_else(|| "–".to_owned(), |v| format!("{v:.3}"));
+        let summaries = self.summaries();
+        for s in &summaries {
             let _ = writeln!(
                 md,
-                "| {} | {} | {} | {:.0} | {:.0}–{:.0} | {:.2} | {:.2} | {:.2} | {} | {} | {} |",
-                s.contender,
+                "| {} | {} | {} | {:.0} | {:.0}–{:.0} | {:.2} | {:.2} | {:.2} | {} | {} | {} | {} |",
+                s.contender.name(),
                 s.workload,
                 s.mode,
                 s.throughput,
@@ -565,34 +935,81 @@ impl Report {
                 s.p99_ms,
                 s.p999_ms,
                 s.failures,
-                cpu(s.server_cpu_ms),
-                cpu(s.database_cpu_ms)
+                opt(s.server_cpu_ms),
+                opt(s.database_cpu_ms),
+                s.round_trips.map_or_else(|| "–".to_owned(), |v| format!("{v:.2}")),
             );
         }
-        if !self.peak_rss.is_empty() {
-            let _ = writeln!(md, "\nPeak server memory (RSS):\n");
-            for (contender, mib) in &self.peak_rss {
-                let _ = writeln!(md, "- {contender}: {mib:.1} MiB");
+        let ratio_to = |s: &Summary, other: Kind| {
+            summaries
+                .iter()
+                .find(|o| o.contender == other && o.workload == s.workload && o.mode == s.mode)
+                .map_or_else(
+                    || "–".to_owned(),
+                    |o| format!("{:.2}", s.throughput / o.throughput.max(f64::EPSILON)),
+                )
+        };
+        let gateways: Vec<&Summary> = summaries
+            .iter()
+            .filter(|s| matches!(s.contender, Kind::GatewayPostgres | Kind::GatewaySqlite) && s.mode != RATE)
+            .collect();
+        if !gateways.is_empty() {
+            let _ = writeln!(
+                md,
+                "\n## Ratios\n\nprofile-gateway's req/s divided by the other contender's, same workload and load.\n"
+            );
+            let _ = writeln!(
+                md,
+                "| contender | workload | load | ÷ PostGraphile | ÷ raw SQL | ÷ HTTP floor |"
+            );
+            let _ = writeln!(md, "|---|---|---|---:|---:|---:|");
+            for s in gateways {
+                let _ = writeln!(
+                    md,
+                    "| {} | {} | {} | {} | {} | {} |",
+                    s.contender.name(),
+                    s.workload,
+                    s.mode,
+                    ratio_to(s, Kind::Postgraphile),
+                    ratio_to(s, Kind::Raw),
+                    ratio_to(s, Kind::Floor)
+                );
             }
         }
-        let _ = writeln!(
-            md,
-            "\nNot measured yet: PostGraphile, the raw SQL baseline and the plain-axum HTTP floor, SQL round trips per request \
-             (pg_stat_statements), and the ratios to them (see the README)."
-        );
+        let _ = writeln!(md, "\n## Targets\n\n| target | measured | met |\n|---|---|---|");
+        for v in self.verdicts() {
+            let met = match v.met {
+                Some(true) => "yes",
+                Some(false) => "**no**",
+                None => "–",
+            };
+            let _ = writeln!(md, "| {} | {} | {met} |", v.target, v.measured);
+        }
+        if !self.peak_rss.is_empty() {
+            let _ = writeln!(md, "\n## Peak memory (RSS)\n");
+            for (kind, mib) in &self.peak_rss {
+                let _ = writeln!(md, "- {}: {mib:.1} MiB", kind.name());
+            }
+        }
+        if !self.notes.is_empty() {
+            let _ = writeln!(md, "\n## Notes\n");
+            for note in &self.notes {
+                let _ = writeln!(md, "- {note}");
+            }
+        }
         md
     }
 
     pub fn csv(&self) -> String {
         let mut csv = String::from(
-            "contender,workload,load,requests_per_second,rps_min,rps_max,p50_ms,p99_ms,p999_ms,failures,server_cpu_ms_per_request,postgres_cpu_ms_per_request\n",
+            "contender,workload,load,requests_per_second,rps_min,rps_max,p50_ms,p99_ms,p999_ms,failures,server_cpu_ms_per_request,postgres_cpu_ms_per_request,sql_round_trips_per_request\n",
         );
-        let cpu = |v: Option<f64>| v.map_or_else(String::new, |v| format!("{v:.4}"));
+        let opt = |v: Option<f64>| v.map_or_else(String::new, |v| format!("{v:.4}"));
         for s in self.summaries() {
             let _ = writeln!(
                 csv,
-                "\"{}\",\"{}\",\"{}\",{:.1},{:.1},{:.1},{:.3},{:.3},{:.3},{},{},{}",
-                s.contender,
+                "\"{}\",\"{}\",\"{}\",{:.1},{:.1},{:.1},{:.3},{:.3},{:.3},{},{},{},{}",
+                s.contender.name(),
                 s.workload,
                 s.mode,
                 s.throughput,
@@ -602,8 +1019,9 @@ impl Report {
                 s.p99_ms,
                 s.p999_ms,
                 s.failures,
-                cpu(s.server_cpu_ms),
-                cpu(s.database_cpu_ms)
+                opt(s.server_cpu_ms),
+                opt(s.database_cpu_ms),
+                opt(s.round_trips)
             );
         }
         csv

@@ -6,17 +6,29 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures::future::BoxFuture;
 use hdrhistogram::Histogram;
-use serde_json::Value;
 
-/// One request of a workload, and what its response must say.
-pub struct Call {
-    pub body: String,
-    pub check: Box<dyn Fn(&Value) -> bool + Send + Sync>,
+/// One request of a workload, whatever the contender speaks.
+#[derive(Debug, Clone)]
+pub enum Op {
+    /// Read a profile with its tags and attributes.
+    Read { id: Arc<str> },
+    /// Merge two attribute keys (`a` = `n`, `b` = `n % 7`) and replace the tags with
+    /// `t{n % 5}` and `vip`.
+    Update { id: Arc<str>, n: u64 },
+    /// The first 50 profiles with their tags.
+    List,
 }
 
-/// Makes the `n`th call of a workload.
-pub type Workload = Arc<dyn Fn(u64) -> Call + Send + Sync>;
+/// Makes the `n`th request of a workload.
+pub type Workload = Arc<dyn Fn(u64) -> Op + Send + Sync>;
+
+/// A contender's side of the wire: runs one request and says whether its answer was right.
+pub trait Client: Send + Sync + 'static {
+    /// Runs `op`; `true` only for a complete, correct answer.
+    fn call<'a>(&'a self, op: &'a Op) -> BoxFuture<'a, bool>;
+}
 
 /// What one measurement saw.
 #[derive(Debug, Clone)]
@@ -24,8 +36,8 @@ pub struct Sample {
     /// Latencies in microseconds of the requests that succeeded.
     pub latencies: Histogram<u64>,
     pub ok: u64,
-    /// Requests that failed: transport errors, non-200 statuses, bodies with `errors`, or
-    /// bodies their check refused.
+    /// Requests that failed: transport or database errors, non-200 statuses, bodies with
+    /// `errors`, or answers without the expected data.
     pub failed: u64,
     pub elapsed: Duration,
 }
@@ -61,63 +73,25 @@ fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
 }
 
-/// A client aimed at one server's `/graphql`.
-#[derive(Clone)]
-pub struct Target {
-    pub client: reqwest::Client,
-    pub url: String,
-    pub api_key: String,
-}
-
-impl Target {
-    pub fn new(address: &str, api_key: &str) -> Self {
-        let client = reqwest::Client::builder()
-            .pool_max_idle_per_host(256)
-            .build()
-            .expect("an HTTP client");
-        Target {
-            client,
-            url: format!("{address}/graphql"),
-            api_key: api_key.to_owned(),
-        }
-    }
-
-    /// Sends `call`; whether it succeeded as the workload expects.
-    async fn send(&self, call: &Call) -> bool {
-        let response = self
-            .client
-            .post(&self.url)
-            .header("X-API-Key", &self.api_key)
-            .header("Content-Type", "application/json")
-            .header("Accept", "application/graphql-response+json")
-            .body(call.body.clone())
-            .send()
-            .await;
-        let Ok(response) = response else { return false };
-        if response.status() != 200 {
-            return false;
-        }
-        match response.json::<Value>().await {
-            Ok(body) => body.get("errors").is_none() && (call.check)(&body),
-            Err(_) => false,
-        }
-    }
-}
-
 /// `connections` clients, each sending its next request as soon as the last one is answered,
 /// for `duration`.
-pub async fn closed_loop(target: &Target, workload: &Workload, connections: usize, duration: Duration) -> Sample {
+pub async fn closed_loop(
+    client: &Arc<dyn Client>,
+    workload: &Workload,
+    connections: usize,
+    duration: Duration,
+) -> Sample {
     let started = Instant::now();
     let deadline = started + duration;
     let counter = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let clients = (0..connections).map(|_| {
-        let (target, workload, counter) = (target.clone(), workload.clone(), counter.clone());
+        let (client, workload, counter) = (client.clone(), workload.clone(), counter.clone());
         tokio::spawn(async move {
             let mut sample = Sample::new();
             while Instant::now() < deadline {
-                let call = workload(counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+                let op = workload(counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
                 let sent = Instant::now();
-                if target.send(&call).await {
+                if client.call(&op).await {
                     sample.ok += 1;
                     sample.latencies.saturating_record(sent.elapsed().as_micros() as u64);
                 } else {
@@ -128,10 +102,8 @@ pub async fn closed_loop(target: &Target, workload: &Workload, connections: usiz
         })
     });
     let mut total = Sample::new();
-    for client in futures::future::join_all(clients).await {
-        if let Ok(sample) = client {
-            total.merge(&sample);
-        }
+    for sample in futures::future::join_all(clients).await.into_iter().flatten() {
+        total.merge(&sample);
     }
     total.elapsed = started.elapsed();
     total
@@ -139,7 +111,7 @@ pub async fn closed_loop(target: &Target, workload: &Workload, connections: usiz
 
 /// Requests due at a fixed `rate` per second for `duration`, each sent when due whatever the
 /// others are doing; latency counts from when it was due.
-pub async fn open_loop(target: &Target, workload: &Workload, rate: f64, duration: Duration) -> Sample {
+pub async fn open_loop(client: &Arc<dyn Client>, workload: &Workload, rate: f64, duration: Duration) -> Sample {
     let started = Instant::now();
     let interval = Duration::from_secs_f64(1.0 / rate.max(1.0));
     let total_requests = (duration.as_secs_f64() * rate.max(1.0)) as u64;
@@ -147,9 +119,9 @@ pub async fn open_loop(target: &Target, workload: &Workload, rate: f64, duration
     for n in 0..total_requests {
         let due = started + interval.mul_f64(n as f64);
         tokio::time::sleep_until(due.into()).await;
-        let (target, call) = (target.clone(), workload(n));
+        let (client, op) = (client.clone(), workload(n));
         tasks.push(tokio::spawn(async move {
-            let ok = target.send(&call).await;
+            let ok = client.call(&op).await;
             (ok, due.elapsed())
         }));
     }

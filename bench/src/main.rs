@@ -2,41 +2,52 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
-use profile_gateway_bench::{Backend, Options};
+use profile_gateway_bench::{Kind, Options};
 
-/// Measures profile-gateway's throughput and latency on its four workloads.
+/// Measures profile-gateway against PostGraphile v5, a raw SQL baseline and a plain-axum HTTP
+/// floor on four workloads, and writes a markdown and CSV report.
 #[derive(Parser)]
 #[command(name = "profile-gateway-bench")]
 struct Cli {
     /// The profile-gateway binary to benchmark; without it the gateway runs in this process.
     #[arg(long)]
     server_binary: Option<PathBuf>,
-    /// A PostgreSQL URL on whose server a database per contender may be created.
+    /// The HTTP floor's binary (profile-gateway-floor); without it the floor runs in this process.
+    #[arg(long)]
+    floor_binary: Option<PathBuf>,
+    /// The folder of PostGraphile's server.mjs, its node_modules installed (`npm ci`).
+    #[arg(long, default_value = "bench/postgraphile")]
+    postgraphile_dir: PathBuf,
+    /// A PostgreSQL URL on whose server the benchmark may create its database.
     #[arg(
         long,
         env = "BENCH_POSTGRES_URL",
         default_value = "postgres://postgres@127.0.0.1:5432/test"
     )]
     postgres_url: String,
-    /// Leave out the PostgreSQL contender.
+    /// The contenders, in turn order.
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = Kind::ALL)]
+    contenders: Vec<Kind>,
+    /// Leave out every PostgreSQL contender.
     #[arg(long)]
     no_postgres: bool,
-    /// Profiles to seed per contender.
+    /// Profiles to seed.
     #[arg(long, default_value_t = 10_000)]
     profiles: usize,
     /// Rounds; contenders alternate within each.
     #[arg(long, default_value_t = 3)]
     rounds: usize,
-    /// Warm-up per contender and round, in seconds.
+    /// Warm-up of a contender's first turn, in seconds (Node needs 30 or more).
     #[arg(long, default_value_t = 30)]
     warmup_secs: u64,
     /// Length of each measurement, in seconds.
-    #[arg(long, default_value_t = 15)]
+    #[arg(long, default_value_t = 10)]
     duration_secs: u64,
     /// Connection counts to measure throughput at; latency is measured at half the first one's.
     #[arg(long, value_delimiter = ',', default_values_t = [16, 64])]
     connections: Vec<usize>,
-    /// A run of seconds on tiny data, to check that the benchmark works.
+    /// A run of seconds on tiny data with the profile-gateway contenders only, to check that
+    /// the benchmark works.
     #[arg(long)]
     smoke: bool,
     /// Where the report goes.
@@ -47,14 +58,23 @@ struct Cli {
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    let mut contenders = cli.contenders;
+    if cli.smoke {
+        contenders.retain(|kind| matches!(kind, Kind::GatewayPostgres | Kind::GatewaySqlite));
+    }
+    if cli.no_postgres {
+        contenders.retain(|kind| !kind.on_postgres());
+    }
+    if contenders.is_empty() || cli.connections.is_empty() || cli.rounds == 0 {
+        eprintln!("nothing to measure: name a contender, a connection count and at least one round");
+        return std::process::ExitCode::FAILURE;
+    }
     let mut options = Options {
-        backends: if cli.no_postgres {
-            vec![Backend::Sqlite]
-        } else {
-            vec![Backend::Postgres, Backend::Sqlite]
-        },
+        contenders,
         postgres_url: cli.postgres_url,
         server_binary: cli.server_binary,
+        floor_binary: cli.floor_binary,
+        postgraphile_dir: cli.postgraphile_dir,
         profiles: cli.profiles,
         rounds: cli.rounds,
         warmup: Duration::from_secs(cli.warmup_secs),
@@ -66,7 +86,7 @@ async fn main() -> std::process::ExitCode {
         options = Options {
             profiles: 20,
             rounds: 1,
-            warmup: Duration::from_millis(200),
+            warmup: Duration::from_millis(400),
             duration: Duration::from_millis(500),
             connections: vec![2, 4],
             ..options

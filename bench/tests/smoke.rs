@@ -3,23 +3,25 @@
 
 use std::time::Duration;
 
-use profile_gateway_bench::{Backend, Options};
+use profile_gateway_bench::{Kind, Options};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_smoke_benchmark_measures_every_workload_without_failures_and_writes_its_report() {
     let out = tempfile::tempdir().unwrap();
     let postgres_url = std::env::var("TEST_POSTGRES_URL").ok();
-    let mut backends = vec![Backend::Sqlite];
+    let mut contenders = vec![Kind::GatewaySqlite];
     if postgres_url.is_some() {
-        backends.insert(0, Backend::Postgres);
+        contenders.insert(0, Kind::GatewayPostgres);
     }
     let options = Options {
-        backends: backends.clone(),
+        contenders: contenders.clone(),
         postgres_url: postgres_url.unwrap_or_default(),
         server_binary: None,
+        floor_binary: None,
+        postgraphile_dir: "postgraphile".into(),
         profiles: 20,
         rounds: 2,
-        warmup: Duration::from_millis(100),
+        warmup: Duration::from_millis(400),
         duration: Duration::from_millis(300),
         connections: vec![2, 4],
         out: out.path().to_owned(),
@@ -27,7 +29,7 @@ async fn the_smoke_benchmark_measures_every_workload_without_failures_and_writes
     let report = profile_gateway_bench::run(&options).await.expect("the benchmark runs");
     let summaries = report.summaries();
     // Four workloads, each at two connection counts and at a fixed rate, per contender.
-    assert_eq!(summaries.len(), backends.len() * 4 * 3);
+    assert_eq!(summaries.len(), contenders.len() * 4 * 3);
     for summary in &summaries {
         assert_eq!(summary.failures, 0, "{summary:?}");
         assert!(summary.throughput > 0.0, "{summary:?}");
