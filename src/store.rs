@@ -6,32 +6,36 @@
 //! Every write locks what it changes before it reads it, so two updates of one profile run one
 //! after the other and neither loses the other's change:
 //!
-//! - PostgreSQL: the profile row is read with `SELECT … FOR UPDATE` (the tenant row for serial
-//!   numbers and custom field definitions). A second writer waits for the first to commit and
-//!   then reads the committed row. Row locks, rather than optimistic compare-and-swap, because
-//!   a hot profile would otherwise make writers retry in a loop and fail under load.
+//! - PostgreSQL: an update first reads the profile in one statement and writes the result in
+//!   one statement that applies only if the profile is still at the version it read (see
+//!   [`Store::update`]). When it is not, or for any other write, the profile row is read with
+//!   `SELECT … FOR UPDATE` (the tenant row for serial numbers and custom field definitions): a
+//!   second writer waits for the first to commit and then reads the committed row. Row locks
+//!   after one failed attempt, rather than compare-and-swap in a loop, because a hot profile
+//!   would otherwise make writers retry again and again and fail under load.
 //! - SQLite: writes begin with `BEGIN IMMEDIATE`, which takes the database's one write lock up
 //!   front. A deferred transaction that reads and then writes fails at once with SQLITE_BUSY
 //!   when another connection committed in between, whatever the busy timeout; an immediate
 //!   one waits for the lock (up to the busy timeout) and then reads current data. WAL mode lets
 //!   readers go on meanwhile.
 //!
-//! Reads run in a read-only snapshot (REPEATABLE READ on PostgreSQL, a deferred transaction
-//! under WAL on SQLite), so a profile is never shown with the tags of another version.
+//! A profile is read with everything it owns by one statement, so it is never shown with the
+//! tags of another version; a page of profiles with its total count shares one read-only
+//! snapshot (REPEATABLE READ on PostgreSQL, a deferred transaction under WAL on SQLite).
 //!
 //! Every applied change appends its history record in the same transaction and announces the
 //! new version on the change feed ([`crate::feed`]): by a `NOTIFY` inside the transaction on
 //! PostgreSQL, after the commit on SQLite. A change that rolls back leaves neither.
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use chrono::Utc;
 use sea_orm::sea_query::{Expr, ExprTrait, OnConflict};
 use sea_orm::{
     AccessMode, ActiveModelTrait, ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait, DatabaseConnection,
-    DatabaseTransaction, DbBackend, DbErr, EntityTrait, IsolationLevel, ModelTrait, PaginatorTrait, QueryFilter,
-    QueryOrder, QuerySelect, SqliteTransactionMode, Statement, TransactionOptions, TransactionTrait, Value,
+    DatabaseExecutor, DatabaseTransaction, DbBackend, DbErr, EntityTrait, FromQueryResult, IdenStatic, IsolationLevel,
+    Iterable, ModelTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, Select, SqliteTransactionMode,
+    Statement, TransactionOptions, TransactionTrait, Value,
 };
 use serde_json::Map;
 use uuid::Uuid;
@@ -107,7 +111,8 @@ pub struct ProfileFilter {
 pub struct Page {
     pub profiles: Vec<ProfileView>,
     pub has_next_page: bool,
-    pub total_count: u64,
+    /// How many profiles match in all, when asked.
+    pub total_count: Option<u64>,
 }
 
 /// Handle on the database and this replica's change feed; cheap to clone.
@@ -168,19 +173,24 @@ impl Store {
         Ok(TenantId(tenant.id))
     }
 
+    /// The profile `key` names, read by one statement (one consistent snapshot).
     pub async fn find(&self, tenant: TenantId, key: &ProfileKey) -> Result<Option<ProfileView>> {
-        let tx = self.begin_read().await?;
-        let Some(row) = find_row(&tx, tenant, key, false).await? else {
-            return Ok(None);
-        };
-        let custom_fields = definitions(&tx, tenant).await?;
-        let profile = hydrate(&tx, vec![row], &custom_fields).await?.pop();
-        tx.commit().await?;
-        Ok(profile.map(|profile| ProfileView { profile, custom_fields }))
+        load(&self.db, tenant, key, false)
+            .await?
+            .map(Loaded::into_view)
+            .transpose()
     }
 
-    /// Up to `first` profiles after serial number `after`, and how many match in all.
-    pub async fn list(&self, tenant: TenantId, first: u64, after: Option<i64>, filter: &ProfileFilter) -> Result<Page> {
+    /// Up to `first` profiles after serial number `after`, and, when `count` asks, how many
+    /// match in all.
+    pub async fn list(
+        &self,
+        tenant: TenantId,
+        first: u64,
+        after: Option<i64>,
+        filter: &ProfileFilter,
+        count: bool,
+    ) -> Result<Page> {
         // No tag key or group holds U+0000 (PostgreSQL could not even compare it).
         if [&filter.tag, &filter.group]
             .into_iter()
@@ -190,10 +200,20 @@ impl Store {
             return Ok(Page {
                 profiles: Vec::new(),
                 has_next_page: false,
-                total_count: 0,
+                total_count: count.then_some(0),
             });
         }
-        let tx = self.begin_read().await?;
+        // The count and the page must agree, so with a count they share a snapshot; without
+        // one, the page and the definitions are read in two statements and no transaction
+        // (a definition is never removed, so a page never holds a value without one).
+        let tx = match count {
+            true => Some(self.begin_read().await?),
+            false => None,
+        };
+        let conn = match &tx {
+            Some(tx) => DatabaseExecutor::Transaction(tx),
+            None => DatabaseExecutor::Connection(&self.db),
+        };
         let mut condition = Condition::all().add(profile::Column::TenantId.eq(tenant.0));
         if let Some(status) = filter.status {
             condition = condition.add(profile::Column::Status.eq(status.as_str()));
@@ -220,28 +240,35 @@ impl Store {
                 ),
             );
         }
-        let total_count = profile::Entity::find().filter(condition.clone()).count(&tx).await?;
+        let total_count = match count {
+            true => Some(profile::Entity::find().filter(condition.clone()).count(&conn).await?),
+            false => None,
+        };
         if let Some(after) = after {
             condition = condition.add(profile::Column::SerialNumber.gt(after));
         }
-        let mut rows = profile::Entity::find()
+        let mut rows = with_owned(profile::Entity::find(), self.db.get_database_backend(), false)
             .filter(condition)
             .order_by_asc(profile::Column::SerialNumber)
             .limit(first + 1)
-            .all(&tx)
+            .into_model::<Loaded>()
+            .all(&conn)
             .await?;
         let has_next_page = rows.len() as u64 > first;
         rows.truncate(usize::try_from(first).unwrap_or(usize::MAX));
-        let custom_fields = definitions(&tx, tenant).await?;
-        let profiles = hydrate(&tx, rows, &custom_fields).await?;
-        tx.commit().await?;
-        let profiles = profiles
+        let custom_fields = definitions(&conn, tenant).await?;
+        if let Some(tx) = tx {
+            tx.commit().await?;
+        }
+        let profiles = rows
             .into_iter()
-            .map(|profile| ProfileView {
-                profile,
-                custom_fields: custom_fields.clone(),
+            .map(|loaded| {
+                Ok(ProfileView {
+                    profile: loaded.into_profile(&custom_fields)?,
+                    custom_fields: custom_fields.clone(),
+                })
             })
-            .collect();
+            .collect::<Result<_>>()?;
         Ok(Page {
             profiles,
             has_next_page,
@@ -272,6 +299,13 @@ impl Store {
     }
 
     /// Applies `change` to the profile `key` names, all or nothing, as `update` says.
+    ///
+    /// On PostgreSQL an update first tries without a transaction: one statement reads the
+    /// profile, one writes the result if the profile is still at the version it read (three
+    /// round trips with the API key's). If another writer got there first, it falls back to
+    /// the locking transaction below, which waits for that writer instead of retrying, so a
+    /// hot profile costs one wasted read per update at most. SQLite (in process, one writer
+    /// at a time) always takes the transaction.
     pub async fn update(
         &self,
         tenant: TenantId,
@@ -280,64 +314,51 @@ impl Store {
         update: &Update<'_>,
         actor: &Actor,
     ) -> Result<Updated> {
-        let Update {
-            operation,
-            expected_version,
-            dry_run,
-        } = *update;
+        let on_postgres = self.db.get_database_backend() == DbBackend::Postgres;
+        if on_postgres {
+            let loaded = load(&self.db, tenant, key, false)
+                .await?
+                .ok_or_else(|| Fault::not_found("profile"))?;
+            match plan(loaded, change, update)? {
+                Plan::Unchanged(updated) => return Ok(updated),
+                Plan::Write(write) => {
+                    if write_postgres(&self.db, tenant, &write, update.operation, actor, change).await? {
+                        return Ok(write.updated);
+                    }
+                }
+            }
+        }
         let tx = self.begin_write().await?;
-        let row = find_row(&tx, tenant, key, true)
+        let loaded = load(&tx, tenant, key, true)
             .await?
             .ok_or_else(|| Fault::not_found("profile"))?;
-        if row.status == ProfileStatus::Closed.as_str() {
-            return Err(Fault::new(Code::ProfileClosed, "This profile is CLOSED and accepts no updates.").into());
-        }
-        if let Some(expected) = expected_version
-            && expected != row.version
-        {
-            return Err(Fault::new(
-                Code::VersionConflict,
-                format!(
-                    "Expected version {expected}, but the profile is at version {}; reload it and try again.",
-                    row.version
-                ),
-            )
-            .at("expectedVersion")
-            .with("currentVersion", row.version)
-            .into());
-        }
-        let custom_fields = definitions(&tx, tenant).await?;
-        let before = hydrate(&tx, vec![row], &custom_fields)
-            .await?
-            .pop()
-            .ok_or_else(|| internal("locked profile vanished"))?;
-        let (mut after, changes) = change.apply(&before, &custom_fields)?;
-        if !changes.is_empty() {
-            after.version += 1;
-            after.updated_at = Utc::now();
-        }
-        if dry_run || changes.is_empty() {
-            tx.rollback().await?;
+        let write = match plan(loaded, change, update)? {
+            Plan::Unchanged(updated) => {
+                tx.rollback().await?;
+                return Ok(updated);
+            }
+            Plan::Write(write) => write,
+        };
+        let Updated { profile, changes } = &write.updated;
+        if on_postgres {
+            if !write_postgres(&tx, tenant, &write, update.operation, actor, change).await? {
+                return Err(internal("a profile changed while locked"));
+            }
+            tx.commit().await?;
         } else {
-            let row = profile::ActiveModel::from_profile(tenant, &after)?;
+            let row = profile::ActiveModel::from_profile(tenant, &profile.profile)?;
             profile::Entity::update_many()
                 .set(row)
-                .filter(profile::Column::Id.eq(after.id))
+                .filter(profile::Column::Id.eq(profile.profile.id))
                 .exec(&tx)
                 .await
                 .map_err(|err| on_external_id(err, change))?;
-            save_children(&tx, &before, &after, &custom_fields).await?;
-            let notice = record(&tx, tenant, &after, operation, &changes, actor).await?;
+            save_children(&tx, &write.before, &profile.profile, &profile.custom_fields).await?;
+            let notice = record(&tx, tenant, &profile.profile, update.operation, changes, actor).await?;
             tx.commit().await?;
             self.announce(notice);
         }
-        Ok(Updated {
-            profile: ProfileView {
-                profile: after,
-                custom_fields,
-            },
-            changes,
-        })
+        Ok(write.updated)
     }
 
     pub async fn set_status(
@@ -348,14 +369,13 @@ impl Store {
         actor: &Actor,
     ) -> Result<ProfileView> {
         let tx = self.begin_write().await?;
-        let row = find_row(&tx, tenant, key, true)
+        let ProfileView {
+            mut profile,
+            custom_fields,
+        } = load(&tx, tenant, key, true)
             .await?
-            .ok_or_else(|| Fault::not_found("profile"))?;
-        let custom_fields = definitions(&tx, tenant).await?;
-        let mut profile = hydrate(&tx, vec![row], &custom_fields)
-            .await?
-            .pop()
-            .ok_or_else(|| internal("locked profile vanished"))?;
+            .ok_or_else(|| Fault::not_found("profile"))?
+            .into_view()?;
         if profile.status == status {
             tx.rollback().await?;
             return Ok(ProfileView { profile, custom_fields });
@@ -665,55 +685,412 @@ async fn used_values(
     Ok(used)
 }
 
-/// Reads the tags, groups and custom values of `rows` in one query each.
-async fn hydrate<C: ConnectionTrait>(
-    conn: &C,
-    rows: Vec<profile::Model>,
-    custom_fields: &[CustomFieldDefinition],
-) -> Result<Vec<Profile>> {
-    if rows.is_empty() {
-        return Ok(Vec::new());
-    }
-    let ids: Vec<Uuid> = rows.iter().map(|row| row.id).collect();
-    let mut profiles: Vec<Profile> = rows.into_iter().map(profile_from_row).collect::<Result<_>>()?;
-    let index: HashMap<Uuid, usize> = ids.iter().enumerate().map(|(i, id)| (*id, i)).collect();
-    for tag in profile_tag::Entity::find()
-        .filter(profile_tag::Column::ProfileId.is_in(ids.clone()))
-        .all(conn)
-        .await?
-    {
-        if let Some(&i) = index.get(&tag.profile_id) {
-            profiles[i].tags.insert(tag.key, tag.value);
-        }
-    }
-    for group in profile_group::Entity::find()
-        .filter(profile_group::Column::ProfileId.is_in(ids.clone()))
-        .all(conn)
-        .await?
-    {
-        if let Some(&i) = index.get(&group.profile_id) {
-            profiles[i].groups.insert(group.name);
-        }
-    }
-    if !custom_fields.is_empty() {
-        let names: HashMap<Uuid, &str> = custom_fields
-            .iter()
-            .map(|field| (field.id, field.name.as_str()))
-            .collect();
-        for value in custom_field_value::Entity::find()
-            .filter(custom_field_value::Column::ProfileId.is_in(ids))
-            .all(conn)
-            .await?
-        {
-            if let (Some(&i), Some(name)) = (index.get(&value.profile_id), names.get(&value.field_id)) {
-                profiles[i].custom.insert((*name).to_owned(), value.value);
-            }
-        }
-    }
-    Ok(profiles)
+/// A profile row with everything it owns, as one statement reads them (see [`with_owned`]).
+#[derive(Debug, FromQueryResult)]
+struct Loaded {
+    #[sea_orm(nested)]
+    row: profile::Model,
+    /// `[[key, value], …]`
+    owned_tags: serde_json::Value,
+    /// `[name, …]`
+    owned_groups: serde_json::Value,
+    /// `[[custom field id, value], …]`
+    owned_custom: serde_json::Value,
+    /// `[[id, name, type, options, max length], …]`: the tenant's custom fields, when read.
+    definitions: Option<serde_json::Value>,
 }
 
-/// Writes what differs between `before` and `after` in the child tables.
+/// The SQL that reads what a profile owns beside its row, per backend: JSON arrays built by
+/// correlated subqueries, so a profile with its tags, groups, custom values and its tenant's
+/// custom field definitions is one statement and one round trip.
+struct OwnedSql {
+    tags: &'static str,
+    groups: &'static str,
+    custom: &'static str,
+    definitions: &'static str,
+    no_definitions: &'static str,
+}
+
+const POSTGRES_OWNED: OwnedSql = OwnedSql {
+    tags: r#"(SELECT coalesce(jsonb_agg(jsonb_build_array(t.key, t.value)), '[]'::jsonb) FROM profile_tags AS t WHERE t.profile_id = "profiles"."id")"#,
+    groups: r#"(SELECT coalesce(jsonb_agg(g.name), '[]'::jsonb) FROM profile_groups AS g WHERE g.profile_id = "profiles"."id")"#,
+    custom: r#"(SELECT coalesce(jsonb_agg(jsonb_build_array(c.field_id, c.value)), '[]'::jsonb) FROM custom_field_values AS c WHERE c.profile_id = "profiles"."id")"#,
+    definitions: r#"(SELECT coalesce(jsonb_agg(jsonb_build_array(d.id, d.name, d.field_type, d.options, d.max_length)), '[]'::jsonb) FROM custom_field_definitions AS d WHERE d.tenant_id = "profiles"."tenant_id")"#,
+    no_definitions: "NULL::jsonb",
+};
+
+// SQLite keeps UUIDs as 16-byte blobs, which JSON cannot hold: they travel as hex.
+const SQLITE_OWNED: OwnedSql = OwnedSql {
+    tags: r#"(SELECT json_group_array(json_array(t.key, t.value)) FROM profile_tags AS t WHERE t.profile_id = "profiles"."id")"#,
+    groups: r#"(SELECT json_group_array(g.name) FROM profile_groups AS g WHERE g.profile_id = "profiles"."id")"#,
+    custom: r#"(SELECT json_group_array(json_array(hex(c.field_id), c.value)) FROM custom_field_values AS c WHERE c.profile_id = "profiles"."id")"#,
+    definitions: r#"(SELECT json_group_array(json_array(hex(d.id), d.name, d.field_type, json(d.options), d.max_length)) FROM custom_field_definitions AS d WHERE d.tenant_id = "profiles"."tenant_id")"#,
+    no_definitions: "NULL",
+};
+
+/// `select` with the columns [`Loaded`] reads beside the profile row.
+fn with_owned(select: Select<profile::Entity>, backend: DbBackend, definitions: bool) -> Select<profile::Entity> {
+    let sql = match backend {
+        DbBackend::Postgres => &POSTGRES_OWNED,
+        _ => &SQLITE_OWNED,
+    };
+    select
+        .expr_as(Expr::cust(sql.tags), "owned_tags")
+        .expr_as(Expr::cust(sql.groups), "owned_groups")
+        .expr_as(Expr::cust(sql.custom), "owned_custom")
+        .expr_as(
+            Expr::cust(if definitions {
+                sql.definitions
+            } else {
+                sql.no_definitions
+            }),
+            "definitions",
+        )
+}
+
+/// The profile `key` names with everything it owns and its tenant's custom field definitions,
+/// in one statement; `lock` takes its row lock on PostgreSQL (see the module docs).
+async fn load<C: ConnectionTrait>(conn: &C, tenant: TenantId, key: &ProfileKey, lock: bool) -> Result<Option<Loaded>> {
+    let by_key = match key {
+        ProfileKey::Id(id) => profile::Column::Id.eq(*id),
+        ProfileKey::ExternalId(external_id) => profile::Column::ExternalId.eq(external_id.as_str()),
+        ProfileKey::SerialNumber(serial) => profile::Column::SerialNumber.eq(*serial),
+    };
+    let mut query = with_owned(profile::Entity::find(), conn.get_database_backend(), true)
+        .filter(profile::Column::TenantId.eq(tenant.0))
+        .filter(by_key);
+    if lock {
+        // FOR UPDATE of the profile row on PostgreSQL (the subqueries lock nothing); SQLite has
+        // no row locks and needs none.
+        query = query.lock_exclusive();
+    }
+    Ok(query.into_model::<Loaded>().one(conn).await?)
+}
+
+impl Loaded {
+    /// The profile and its tenant's custom field definitions.
+    fn into_view(mut self) -> Result<ProfileView> {
+        let custom_fields: Arc<[CustomFieldDefinition]> = match self.definitions.take() {
+            Some(definitions) => {
+                let mut definitions = json_rows(definitions, "definitions")?
+                    .into_iter()
+                    .map(definition_from_json)
+                    .collect::<Result<Vec<_>>>()?;
+                definitions.sort_by(|a, b| a.name.cmp(&b.name));
+                definitions.into()
+            }
+            None => return Err(internal("a profile was read without its custom field definitions")),
+        };
+        let profile = self.into_profile(&custom_fields)?;
+        Ok(ProfileView { profile, custom_fields })
+    }
+
+    fn into_profile(self, custom_fields: &[CustomFieldDefinition]) -> Result<Profile> {
+        let mut profile = profile_from_row(self.row)?;
+        for tag in json_rows(self.owned_tags, "tags")? {
+            match tag {
+                serde_json::Value::Array(pair) => match <[serde_json::Value; 2]>::try_from(pair) {
+                    Ok([serde_json::Value::String(key), value]) => {
+                        let value = match value {
+                            serde_json::Value::String(value) => Some(value),
+                            _ => None,
+                        };
+                        profile.tags.insert(key, value);
+                    }
+                    _ => return Err(internal("a tag row is not [key, value]")),
+                },
+                _ => return Err(internal("a tag row is not an array")),
+            }
+        }
+        for group in json_rows(self.owned_groups, "groups")? {
+            let serde_json::Value::String(name) = group else {
+                return Err(internal("a group row is not a string"));
+            };
+            profile.groups.insert(name);
+        }
+        for value in json_rows(self.owned_custom, "custom values")? {
+            let Ok([serde_json::Value::String(field_id), serde_json::Value::String(value)]) =
+                <[serde_json::Value; 2]>::try_from(as_array(value)?)
+            else {
+                return Err(internal("a custom value row is not [field id, value]"));
+            };
+            let field_id = Uuid::parse_str(&field_id).map_err(internal)?;
+            if let Some(field) = custom_fields.iter().find(|field| field.id == field_id) {
+                profile.custom.insert(field.name.clone(), value);
+            }
+        }
+        Ok(profile)
+    }
+}
+
+/// The rows of a JSON array column (SQLite returns it as text).
+fn json_rows(value: serde_json::Value, what: &str) -> Result<Vec<serde_json::Value>> {
+    match value {
+        serde_json::Value::String(text) => json_rows(serde_json::from_str(&text).map_err(internal)?, what),
+        serde_json::Value::Array(rows) => Ok(rows),
+        serde_json::Value::Null => Ok(Vec::new()),
+        other => Err(internal(format!("{what} were read as {other}"))),
+    }
+}
+
+fn as_array(value: serde_json::Value) -> Result<Vec<serde_json::Value>> {
+    match value {
+        serde_json::Value::Array(items) => Ok(items),
+        other => Err(internal(format!("expected a JSON array, read {other}"))),
+    }
+}
+
+fn definition_from_json(value: serde_json::Value) -> Result<CustomFieldDefinition> {
+    let Ok([id, name, field_type, options, max_length]) = <[serde_json::Value; 5]>::try_from(as_array(value)?) else {
+        return Err(internal("a custom field definition row has not 5 columns"));
+    };
+    let (Some(id), Some(name), Some(field_type)) = (id.as_str(), name.as_str(), field_type.as_str()) else {
+        return Err(internal("a custom field definition row has no id, name or type"));
+    };
+    let id = Uuid::parse_str(id).map_err(internal)?;
+    Ok(CustomFieldDefinition {
+        id,
+        name: name.to_owned(),
+        field_type: CustomFieldType::parse(field_type)
+            .ok_or_else(|| internal(format!("custom field {id} has unknown type {field_type:?}")))?,
+        options: serde_json::from_value(options).map_err(internal)?,
+        max_length: max_length
+            .as_i64()
+            .map(|n| i32::try_from(n).map_err(internal))
+            .transpose()?,
+    })
+}
+
+/// What an update will do, once computed from the profile it read.
+enum Plan {
+    /// Nothing to store: a dry run, or a change that changes nothing.
+    Unchanged(Updated),
+    Write(Write),
+}
+
+/// An update to store.
+struct Write {
+    before: Profile,
+    updated: Updated,
+}
+
+/// Checks `update`'s conditions on the profile `loaded` holds and applies `change` to it.
+fn plan(loaded: Loaded, change: &ChangeSet, update: &Update<'_>) -> Result<Plan> {
+    let ProfileView {
+        profile: before,
+        custom_fields,
+    } = loaded.into_view()?;
+    if before.status == ProfileStatus::Closed {
+        return Err(Fault::new(Code::ProfileClosed, "This profile is CLOSED and accepts no updates.").into());
+    }
+    if let Some(expected) = update.expected_version
+        && expected != before.version
+    {
+        return Err(Fault::new(
+            Code::VersionConflict,
+            format!(
+                "Expected version {expected}, but the profile is at version {}; reload it and try again.",
+                before.version
+            ),
+        )
+        .at("expectedVersion")
+        .with("currentVersion", before.version)
+        .into());
+    }
+    let (mut after, changes) = change.apply(&before, &custom_fields)?;
+    if !changes.is_empty() {
+        after.version += 1;
+        after.updated_at = Utc::now();
+    }
+    let updated = Updated {
+        profile: ProfileView {
+            profile: after,
+            custom_fields,
+        },
+        changes,
+    };
+    Ok(match update.dry_run || updated.changes.is_empty() {
+        true => Plan::Unchanged(updated),
+        false => Plan::Write(Write { before, updated }),
+    })
+}
+
+/// The statement that stores an update on PostgreSQL: the profile row (only if it is still at
+/// the version the update read), its child rows, its history record and its change notice,
+/// all in one round trip. Every part hangs on the profile's UPDATE, so when that matches no
+/// row nothing else happens. The deleted and the written keys of each child table are
+/// disjoint, so the parts never touch one row twice.
+static POSTGRES_WRITE: LazyLock<(String, Vec<profile::Column>)> = LazyLock::new(|| {
+    use profile::Column as C;
+    let columns: Vec<profile::Column> = profile::Column::iter()
+        .filter(|column| !matches!(column, C::Id | C::TenantId | C::SerialNumber | C::CreatedAt))
+        .collect();
+    let set = columns
+        .iter()
+        .enumerate()
+        .map(|(i, column)| format!(r#""{}" = ${}"#, column.as_str(), i + 3))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let n = columns.len() + 3;
+    let p = |i: usize| format!("${}", n + i);
+    let sql = format!(
+        r#"WITH p AS (UPDATE profiles SET {set} WHERE id = $1 AND version = $2 RETURNING id),
+tags_removed AS (DELETE FROM profile_tags AS t USING p WHERE t.profile_id = p.id AND t.key IN (SELECT jsonb_array_elements_text({tags_removed}::jsonb))),
+tags_written AS (INSERT INTO profile_tags (profile_id, key, value) SELECT p.id, x.key, x.value FROM p, jsonb_to_recordset({tags_written}::jsonb) AS x(key text, value text) ON CONFLICT (profile_id, key) DO UPDATE SET value = excluded.value),
+groups_left AS (DELETE FROM profile_groups AS g USING p WHERE g.profile_id = p.id AND g.name IN (SELECT jsonb_array_elements_text({groups_left}::jsonb))),
+groups_joined AS (INSERT INTO profile_groups (profile_id, name) SELECT p.id, x.name FROM p, jsonb_array_elements_text({groups_joined}::jsonb) AS x(name)),
+custom_cleared AS (DELETE FROM custom_field_values AS c USING p WHERE c.profile_id = p.id AND c.field_id IN (SELECT x.id::uuid FROM jsonb_array_elements_text({custom_cleared}::jsonb) AS x(id))),
+custom_written AS (INSERT INTO custom_field_values (profile_id, field_id, value) SELECT p.id, x.field_id, x.value FROM p, jsonb_to_recordset({custom_written}::jsonb) AS x(field_id uuid, value text) ON CONFLICT (profile_id, field_id) DO UPDATE SET value = excluded.value),
+history AS (INSERT INTO profile_changes (id, tenant_id, profile_id, version, operation, changes, api_key_id, request_id, at) SELECT {history_id}, {tenant}, p.id, {version}, {operation}, {changes}, {api_key_id}, {request_id}, {at} FROM p),
+notice AS (SELECT pg_notify({channel}, {payload}) FROM p)
+SELECT count(*) AS applied FROM notice"#,
+        tags_removed = p(0),
+        tags_written = p(1),
+        groups_left = p(2),
+        groups_joined = p(3),
+        custom_cleared = p(4),
+        custom_written = p(5),
+        history_id = p(6),
+        tenant = p(7),
+        version = p(8),
+        operation = p(9),
+        changes = p(10),
+        api_key_id = p(11),
+        request_id = p(12),
+        at = p(13),
+        channel = p(14),
+        payload = p(15),
+    );
+    (sql, columns)
+});
+
+/// Stores `write` with [`POSTGRES_WRITE`]; `false` when the profile is no longer at the
+/// version the update read (nothing was stored).
+async fn write_postgres<C: ConnectionTrait>(
+    conn: &C,
+    tenant: TenantId,
+    write: &Write,
+    operation: &str,
+    actor: &Actor,
+    change: &ChangeSet,
+) -> Result<bool> {
+    let (sql, columns) = &*POSTGRES_WRITE;
+    let (before, after) = (&write.before, &write.updated.profile.profile);
+    let custom_fields = &write.updated.profile.custom_fields;
+    let row = profile::ActiveModel::from_profile(tenant, after)?;
+    let mut values: Vec<Value> = vec![after.id.into(), before.version.into()];
+    for column in columns {
+        values.push(
+            row.get(*column)
+                .into_value()
+                .ok_or_else(|| internal(format!("column {} has no value", column.as_str())))?,
+        );
+    }
+    let diff = ChildDiff::new(before, after, custom_fields)?;
+    let notice = Notice {
+        tenant: tenant.0,
+        profile_id: after.id,
+        version: after.version,
+    };
+    values.extend([
+        json(&diff.tags_removed)?,
+        json(
+            &diff
+                .tags_written
+                .iter()
+                .map(|(key, value)| serde_json::json!({"key": key, "value": value}))
+                .collect::<Vec<_>>(),
+        )?,
+        json(&diff.groups_left)?,
+        json(&diff.groups_joined)?,
+        json(&diff.custom_cleared)?,
+        json(
+            &diff
+                .custom_written
+                .iter()
+                .map(|(field_id, value)| serde_json::json!({"field_id": field_id, "value": value}))
+                .collect::<Vec<_>>(),
+        )?,
+        Uuid::new_v4().into(),
+        tenant.0.into(),
+        after.version.into(),
+        operation.into(),
+        json(&write.updated.changes)?,
+        actor.api_key_id.into(),
+        actor.request_id.clone().into(),
+        after.updated_at.into(),
+        feed::CHANNEL.into(),
+        serde_json::to_string(&notice).map_err(internal)?.into(),
+    ]);
+    let applied = conn
+        .query_one_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            sql.as_str(),
+            values,
+        ))
+        .await
+        .map_err(|err| on_external_id(err, change))?
+        .ok_or_else(|| internal("the write statement returned no row"))?
+        .try_get::<i64>("", "applied")?;
+    Ok(applied == 1)
+}
+
+fn json(value: &impl serde::Serialize) -> Result<Value> {
+    Ok(Value::Json(Some(Box::new(
+        serde_json::to_value(value).map_err(internal)?,
+    ))))
+}
+
+/// What differs between two versions of a profile in the child tables.
+struct ChildDiff<'a> {
+    tags_removed: Vec<&'a String>,
+    tags_written: Vec<(&'a String, &'a Option<String>)>,
+    groups_left: Vec<&'a String>,
+    groups_joined: Vec<&'a String>,
+    custom_cleared: Vec<Uuid>,
+    custom_written: Vec<(Uuid, &'a String)>,
+}
+
+impl<'a> ChildDiff<'a> {
+    fn new(before: &'a Profile, after: &'a Profile, custom_fields: &[CustomFieldDefinition]) -> Result<Self> {
+        let field_id = |name: &str| {
+            custom_fields
+                .iter()
+                .find(|field| field.name == name)
+                .map(|field| field.id)
+                .ok_or_else(|| internal(format!("custom field {name:?} has no definition")))
+        };
+        Ok(ChildDiff {
+            tags_removed: before
+                .tags
+                .keys()
+                .filter(|key| !after.tags.contains_key(*key))
+                .collect(),
+            tags_written: after
+                .tags
+                .iter()
+                .filter(|(key, value)| before.tags.get(*key) != Some(*value))
+                .collect(),
+            groups_left: before.groups.difference(&after.groups).collect(),
+            groups_joined: after.groups.difference(&before.groups).collect(),
+            custom_cleared: before
+                .custom
+                .keys()
+                .filter(|name| !after.custom.contains_key(*name))
+                .map(|name| field_id(name))
+                .collect::<Result<_>>()?,
+            custom_written: after
+                .custom
+                .iter()
+                .filter(|(name, value)| before.custom.get(*name) != Some(*value))
+                .map(|(name, value)| Ok((field_id(name)?, value)))
+                .collect::<Result<_>>()?,
+        })
+    }
+}
+
+/// Writes what differs between `before` and `after` in the child tables, a statement per
+/// kind of change (SQLite; PostgreSQL writes them all in [`POSTGRES_WRITE`]).
 async fn save_children(
     tx: &DatabaseTransaction,
     before: &Profile,
@@ -721,31 +1098,24 @@ async fn save_children(
     custom_fields: &[CustomFieldDefinition],
 ) -> Result<()> {
     let id = after.id;
-
-    let removed: Vec<&String> = before
-        .tags
-        .keys()
-        .filter(|key| !after.tags.contains_key(*key))
-        .collect();
-    if !removed.is_empty() {
+    let diff = ChildDiff::new(before, after, custom_fields)?;
+    if !diff.tags_removed.is_empty() {
         profile_tag::Entity::delete_many()
             .filter(profile_tag::Column::ProfileId.eq(id))
-            .filter(profile_tag::Column::Key.is_in(removed))
+            .filter(profile_tag::Column::Key.is_in(diff.tags_removed))
             .exec(tx)
             .await?;
     }
-    let written: Vec<profile_tag::ActiveModel> = after
-        .tags
-        .iter()
-        .filter(|(key, value)| before.tags.get(*key) != Some(*value))
-        .map(|(key, value)| profile_tag::ActiveModel {
-            profile_id: Set(id),
-            key: Set(key.clone()),
-            value: Set(value.clone()),
-        })
-        .collect();
-    if !written.is_empty() {
-        profile_tag::Entity::insert_many(written)
+    if !diff.tags_written.is_empty() {
+        let rows = diff
+            .tags_written
+            .into_iter()
+            .map(|(key, value)| profile_tag::ActiveModel {
+                profile_id: Set(id),
+                key: Set(key.clone()),
+                value: Set(value.clone()),
+            });
+        profile_tag::Entity::insert_many(rows)
             .on_conflict(
                 OnConflict::columns([profile_tag::Column::ProfileId, profile_tag::Column::Key])
                     .update_column(profile_tag::Column::Value)
@@ -754,63 +1124,39 @@ async fn save_children(
             .exec_without_returning(tx)
             .await?;
     }
-
-    let left: Vec<&String> = before.groups.difference(&after.groups).collect();
-    if !left.is_empty() {
+    if !diff.groups_left.is_empty() {
         profile_group::Entity::delete_many()
             .filter(profile_group::Column::ProfileId.eq(id))
-            .filter(profile_group::Column::Name.is_in(left))
+            .filter(profile_group::Column::Name.is_in(diff.groups_left))
             .exec(tx)
             .await?;
     }
-    let joined: Vec<profile_group::ActiveModel> = after
-        .groups
-        .difference(&before.groups)
-        .map(|name| profile_group::ActiveModel {
+    if !diff.groups_joined.is_empty() {
+        let rows = diff.groups_joined.into_iter().map(|name| profile_group::ActiveModel {
             profile_id: Set(id),
             name: Set(name.clone()),
-        })
-        .collect();
-    if !joined.is_empty() {
-        profile_group::Entity::insert_many(joined)
+        });
+        profile_group::Entity::insert_many(rows)
             .exec_without_returning(tx)
             .await?;
     }
-
-    let field_id = |name: &str| {
-        custom_fields
-            .iter()
-            .find(|field| field.name == name)
-            .map(|field| field.id)
-            .ok_or_else(|| internal(format!("custom field {name:?} has no definition")))
-    };
-    let cleared: Vec<Uuid> = before
-        .custom
-        .keys()
-        .filter(|name| !after.custom.contains_key(*name))
-        .map(|name| field_id(name))
-        .collect::<Result<_>>()?;
-    if !cleared.is_empty() {
+    if !diff.custom_cleared.is_empty() {
         custom_field_value::Entity::delete_many()
             .filter(custom_field_value::Column::ProfileId.eq(id))
-            .filter(custom_field_value::Column::FieldId.is_in(cleared))
+            .filter(custom_field_value::Column::FieldId.is_in(diff.custom_cleared))
             .exec(tx)
             .await?;
     }
-    let written: Vec<custom_field_value::ActiveModel> = after
-        .custom
-        .iter()
-        .filter(|(name, value)| before.custom.get(*name) != Some(*value))
-        .map(|(name, value)| {
-            Ok(custom_field_value::ActiveModel {
+    if !diff.custom_written.is_empty() {
+        let rows = diff
+            .custom_written
+            .into_iter()
+            .map(|(field_id, value)| custom_field_value::ActiveModel {
                 profile_id: Set(id),
-                field_id: Set(field_id(name)?),
+                field_id: Set(field_id),
                 value: Set(value.clone()),
-            })
-        })
-        .collect::<Result<_>>()?;
-    if !written.is_empty() {
-        custom_field_value::Entity::insert_many(written)
+            });
+        custom_field_value::Entity::insert_many(rows)
             .on_conflict(
                 OnConflict::columns([
                     custom_field_value::Column::ProfileId,

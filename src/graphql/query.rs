@@ -51,7 +51,9 @@ impl Query {
             tag: filter.tag,
             group: filter.group,
         };
-        let page = store.list(tenant, page_size, after, &filter).await.extend()?;
+        // Counting every match costs a query of its own: only when the client asks.
+        let count = ctx.look_ahead().field("totalCount").exists();
+        let page = store.list(tenant, page_size, after, &filter, count).await.extend()?;
         let edges: Vec<ProfileEdge> = page
             .profiles
             .into_iter()
@@ -67,7 +69,9 @@ impl Query {
             },
             nodes: edges.iter().map(|edge| edge.node.clone()).collect(),
             edges,
-            total_count: i64::try_from(page.total_count).unwrap_or(i64::MAX),
+            total_count: page
+                .total_count
+                .map_or(0, |count| i64::try_from(count).unwrap_or(i64::MAX)),
         })
     }
 

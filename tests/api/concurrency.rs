@@ -27,6 +27,42 @@ on_both_databases! {
         assert_eq!(profile["version"], 1 + CLIENTS * UPDATES_PER_CLIENT);
     }
 
+    async fn concurrent_tag_writes_keep_every_tag_and_record_each_version_once(app) {
+        // Contended writers conflict on the version they read and fall back to the row lock:
+        // every tag must land, and history must hold each version exactly once.
+        let id = app.create(json!({})).await["id"].as_str().unwrap().to_owned();
+        let updates_per_client = 10;
+        let clients = (0..CLIENTS).map(|client| {
+            let (app, id) = (&app, id.clone());
+            async move {
+                for n in 0..updates_per_client {
+                    let set = json!([{"key": format!("c{client}_{n}"), "value": format!("{n}")}]);
+                    let response = app.update(&id, json!({"fragment": {"tags": {"set": set}}})).await;
+                    assert!(response.get("errors").is_none(), "client {client} update {n}: {response}");
+                }
+            }
+        });
+        join_all(clients).await;
+        let writes = CLIENTS * updates_per_client;
+        let profile = app.profile(&id).await;
+        assert_eq!(profile["tags"].as_array().unwrap().len(), writes);
+        assert_eq!(profile["version"], 1 + writes);
+        let history = app
+            .ok(
+                "query($id: ID!) { profile(ref: {id: $id}) { history(first: 100) { nodes { version } } } }",
+                json!({"id": id}),
+            )
+            .await;
+        let versions: Vec<u64> = history["profile"]["history"]["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|node| node["version"].as_u64().unwrap())
+            .collect();
+        let expected: Vec<u64> = (1..=1 + writes as u64).rev().collect();
+        assert_eq!(versions, expected);
+    }
+
     async fn concurrent_creates_get_distinct_serial_numbers_and_one_external_id_wins(app) {
         let creates = (0..CLIENTS).map(|n| {
             let app = &app;
