@@ -85,10 +85,28 @@ impl Kind {
     }
 }
 
+/// The workloads (see [`workloads`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, clap::ValueEnum)]
+pub enum WorkloadId {
+    /// A random profile with its tags and attributes.
+    W1,
+    /// A scrip update of a random profile.
+    W2,
+    /// A scrip update of one hot profile.
+    W3,
+    /// 50 profiles with their tags.
+    W4,
+}
+
+impl WorkloadId {
+    pub const ALL: [WorkloadId; 4] = [WorkloadId::W1, WorkloadId::W2, WorkloadId::W3, WorkloadId::W4];
+}
+
 /// What to run.
 #[derive(Debug, Clone)]
 pub struct Options {
     pub contenders: Vec<Kind>,
+    pub workloads: Vec<WorkloadId>,
     /// A PostgreSQL URL whose server may create the benchmark's database.
     pub postgres_url: String,
     /// The gateway binary to start; `None` serves profile-gateway (and the floor) in process.
@@ -145,20 +163,28 @@ struct Seeded {
 /// The workloads, by name: W1 reads a random profile with its tags and attributes; W2 merges
 /// two attribute keys and replaces the tags of a random profile; W3 does the same to one hot
 /// profile; W4 lists 50 profiles with their tags.
-fn workloads(ids: &Arc<Vec<Arc<str>>>) -> Vec<(&'static str, Workload)> {
+fn workloads(ids: &Arc<Vec<Arc<str>>>) -> Vec<(WorkloadId, &'static str, Workload)> {
     let random = {
         let ids = ids.clone();
         move || ids[rand::rng().random_range(0..ids.len())].clone()
     };
     let hot = ids[0].clone();
     vec![
-        ("W1 read", {
+        (WorkloadId::W1, "W1 read", {
             let random = random.clone();
             Arc::new(move |_| Op::Read { id: random() })
         }),
-        ("W2 update", Arc::new(move |n| Op::Update { id: random(), n })),
-        ("W3 hot update", Arc::new(move |n| Op::Update { id: hot.clone(), n })),
-        ("W4 list", Arc::new(|_| Op::List)),
+        (
+            WorkloadId::W2,
+            "W2 update",
+            Arc::new(move |n| Op::Update { id: random(), n }),
+        ),
+        (
+            WorkloadId::W3,
+            "W3 hot update",
+            Arc::new(move |n| Op::Update { id: hot.clone(), n }),
+        ),
+        (WorkloadId::W4, "W4 list", Arc::new(|_| Op::List)),
     ]
 }
 
@@ -198,6 +224,15 @@ async fn seed(url: &str, count: usize) -> Result<Seeded, BoxError> {
         .create(http::DEFAULT_TENANT, Scope::Write, Some("bench".into()))
         .await?
         .key;
+    // Statistics and a checkpoint now, so that no autovacuum or checkpoint of the fresh rows
+    // runs (and takes CPU) during a measurement.
+    let maintenance: &[&str] = match store.connection().get_database_backend() {
+        sea_orm::DbBackend::Postgres => &["VACUUM (ANALYZE)", "CHECKPOINT"],
+        _ => &["ANALYZE", "PRAGMA wal_checkpoint(TRUNCATE)"],
+    };
+    for statement in maintenance {
+        store.connection().execute_unprepared(statement).await?;
+    }
     store.connection().clone().close().await?;
     Ok(Seeded {
         url: url.to_owned(),
@@ -374,12 +409,19 @@ impl Database {
             .execute_unprepared(&format!(r#"CREATE DATABASE "{name}""#))
             .await?;
         admin.close().await?;
-        let (base, _) = admin_url
+        let (without_query, query) = admin_url.split_once('?').unwrap_or((admin_url, ""));
+        let (base, _) = without_query
             .rsplit_once('/')
             .ok_or("a PostgreSQL URL ends with /DATABASE")?;
+        // Every contender connects alike; unless the URL says otherwise, in plain TCP (the
+        // drivers disagree on whether to try TLS first, and on loopback it buys nothing).
+        let query = match query {
+            "" => "sslmode=disable",
+            query => query,
+        };
         Ok(Database {
             admin_url: admin_url.to_owned(),
-            url: format!("{base}/{name}"),
+            url: format!("{base}/{name}?{query}"),
             name,
         })
     }
@@ -451,24 +493,41 @@ impl StatementCounter {
 
 /// CPU seconds a process has used, from /proc (Linux).
 fn cpu_seconds(pid: u32) -> Option<f64> {
+    stat_seconds(pid, 11)
+}
+
+/// CPU seconds of a process's exited and reaped children.
+fn reaped_children_cpu_seconds(pid: u32) -> Option<f64> {
+    stat_seconds(pid, 13)
+}
+
+/// The sum of two adjacent tick counters of `/proc/PID/stat` (user and system time), in
+/// seconds; `first` counts the fields after the command name from 0.
+fn stat_seconds(pid: u32, first: usize) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let after_name = stat.rsplit_once(')')?.1;
     let fields: Vec<&str> = after_name.split_whitespace().collect();
-    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    let ticks: f64 = fields.get(first)?.parse::<f64>().ok()? + fields.get(first + 1)?.parse::<f64>().ok()?;
     Some(ticks / clock_ticks())
 }
 
+/// Ticks per second of /proc's CPU counters, asked of `getconf` once.
 fn clock_ticks() -> f64 {
-    std::process::Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|out| String::from_utf8(out.stdout).ok())
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(100.0)
+    static TICKS: std::sync::LazyLock<f64> = std::sync::LazyLock::new(|| {
+        std::process::Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|out| String::from_utf8(out.stdout).ok())
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(100.0)
+    });
+    *TICKS
 }
 
-/// CPU seconds of every PostgreSQL process on this machine.
+/// CPU seconds of every PostgreSQL process on this machine, those that have exited included:
+/// a backend that ends (a pool closing a connection) leaves its CPU to the postmaster's
+/// reaped-children count, so the total never goes backwards.
 fn postgres_cpu_seconds() -> Option<f64> {
     let mut total = 0.0;
     let mut found = false;
@@ -479,7 +538,7 @@ fn postgres_cpu_seconds() -> Option<f64> {
         let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
         if comm.trim() == "postgres" {
             found = true;
-            total += cpu_seconds(pid).unwrap_or(0.0);
+            total += cpu_seconds(pid).unwrap_or(0.0) + reaped_children_cpu_seconds(pid).unwrap_or(0.0);
         }
     }
     found.then_some(total)
@@ -563,20 +622,21 @@ async fn run_on(options: &Options, database: Option<&Database>, notes: &mut Vec<
     for round in 1..=options.rounds {
         for contender in &contenders {
             eprintln!("round {round}: {}", contender.kind.name());
-            let workloads = workloads(&contender.ids);
+            let mut workloads = workloads(&contender.ids);
+            workloads.retain(|(id, ..)| options.workloads.contains(id));
             let warmup = match round {
                 1 => options.warmup,
                 _ => options.warmup.min(REWARM),
             };
             // Every workload warms up, so that each code path is compiled and cached.
             let share = warmup / workloads.len() as u32;
-            for (name, workload) in &workloads {
+            for (_, name, workload) in &workloads {
                 let warm = load::closed_loop(&contender.client, workload, options.connections[0], share).await;
                 if warm.ok == 0 {
                     return Err(format!("{} answered no {name} request during warm-up", contender.kind.name()).into());
                 }
             }
-            for (name, workload) in &workloads {
+            for (_, name, workload) in &workloads {
                 let mut first_throughput = None;
                 for &connections in &options.connections {
                     let mut measured = measure(contender, counter.as_ref(), || {
@@ -801,7 +861,7 @@ impl Report {
                 .map(|rt| (format!("{rt:.2}"), rt <= 3.0)),
         );
         for kind in [Kind::GatewayPostgres, Kind::GatewaySqlite] {
-            for (workload, _) in workloads(&Arc::new(vec![Arc::from("")])) {
+            for (_, workload, _) in workloads(&Arc::new(vec![Arc::from("")])) {
                 judge(
                     format!("{}, {workload}: p99 ≤ 10 ms at half the maximum rate", kind.name()),
                     find(kind, workload, RATE).map(|s| (format!("{:.2} ms", s.p99_ms), s.p99_ms <= 10.0)),

@@ -2,7 +2,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
-use profile_gateway_bench::{Kind, Options};
+use profile_gateway_bench::{Kind, Options, WorkloadId};
 
 /// Measures profile-gateway against PostGraphile v5, a raw SQL baseline and a plain-axum HTTP
 /// floor on four workloads, and writes a markdown and CSV report.
@@ -28,6 +28,9 @@ struct Cli {
     /// The contenders, in turn order.
     #[arg(long, value_enum, value_delimiter = ',', default_values_t = Kind::ALL)]
     contenders: Vec<Kind>,
+    /// The workloads to measure.
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = WorkloadId::ALL)]
+    workloads: Vec<WorkloadId>,
     /// Leave out every PostgreSQL contender.
     #[arg(long)]
     no_postgres: bool,
@@ -65,12 +68,13 @@ async fn main() -> std::process::ExitCode {
     if cli.no_postgres {
         contenders.retain(|kind| !kind.on_postgres());
     }
-    if contenders.is_empty() || cli.connections.is_empty() || cli.rounds == 0 {
-        eprintln!("nothing to measure: name a contender, a connection count and at least one round");
+    if contenders.is_empty() || cli.workloads.is_empty() || cli.connections.is_empty() || cli.rounds == 0 {
+        eprintln!("nothing to measure: name a contender, a workload, a connection count and at least one round");
         return std::process::ExitCode::FAILURE;
     }
     let mut options = Options {
         contenders,
+        workloads: cli.workloads,
         postgres_url: cli.postgres_url,
         server_binary: cli.server_binary,
         floor_binary: cli.floor_binary,

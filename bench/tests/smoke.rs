@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use profile_gateway_bench::{Kind, Options};
+use profile_gateway_bench::{Kind, Options, WorkloadId};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_smoke_benchmark_measures_every_workload_without_failures_and_writes_its_report() {
@@ -15,6 +15,7 @@ async fn the_smoke_benchmark_measures_every_workload_without_failures_and_writes
     }
     let options = Options {
         contenders: contenders.clone(),
+        workloads: WorkloadId::ALL.to_vec(),
         postgres_url: postgres_url.unwrap_or_default(),
         server_binary: None,
         floor_binary: None,
