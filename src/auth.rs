@@ -22,7 +22,8 @@ use crate::store::{Store, TenantId};
 const KEY_MARK: &str = "pgw_";
 const PREFIX_BYTES: usize = 8;
 const SECRET_BYTES: usize = 32;
-/// `last_used_at` is written at most this often per key, so that reads stay reads.
+/// `last_used_at` is written at most this often per key (and only when the key is looked up
+/// rather than remembered), so that reads stay reads.
 const LAST_USED_RESOLUTION: Duration = Duration::seconds(60);
 
 /// What a key may do. Each scope includes the ones before it.
@@ -112,15 +113,42 @@ fn generate() -> Result<(String, String, [u8; 32])> {
     Ok((key, prefix, hash(&secret)))
 }
 
+/// A valid key as the cache remembers it: the hash of its secret and whom it stands for.
+#[derive(Debug, Clone, Copy)]
+struct Known {
+    secret_hash: [u8; 32],
+    principal: Principal,
+}
+
+/// Most keys the cache holds; a replica serves few.
+const CACHED_KEYS: u64 = 10_000;
+
 /// API key storage, on the service's database.
+///
+/// A key that authenticated is remembered for a while ([`Keys::cached`]), so that a request
+/// costs no database round trip for its key. A revocation reaches this process at once when it
+/// revokes through it, and every other replica when the remembered entry expires.
 #[derive(Debug, Clone)]
 pub struct Keys {
     store: Store,
+    cache: Option<moka::sync::Cache<String, Known>>,
 }
 
 impl Keys {
+    /// Keys that are looked up in the database on every use.
     pub fn new(store: Store) -> Self {
-        Keys { store }
+        Keys { store, cache: None }
+    }
+
+    /// Keys whose successful lookups are remembered for `ttl` (none when it is zero).
+    pub fn cached(store: Store, ttl: std::time::Duration) -> Self {
+        let cache = (!ttl.is_zero()).then(|| {
+            moka::sync::Cache::builder()
+                .max_capacity(CACHED_KEYS)
+                .time_to_live(ttl)
+                .build()
+        });
+        Keys { store, cache }
     }
 
     /// Makes a key for `tenant` (created if missing).
@@ -166,6 +194,17 @@ impl Keys {
             .filter(api_key::Column::RevokedAt.is_null())
             .exec(self.store.connection())
             .await?;
+        if let Some(cache) = &self.cache {
+            // Revocation is rare, so a scan of the cache is fine.
+            let revoked: Vec<_> = cache
+                .iter()
+                .filter(|(_, known)| known.principal.key_id == id)
+                .map(|(prefix, _)| prefix)
+                .collect();
+            for prefix in revoked {
+                cache.invalidate(prefix.as_str());
+            }
+        }
         Ok(result.rows_affected > 0)
     }
 
@@ -178,6 +217,11 @@ impl Keys {
         let Some((prefix, secret)) = split(presented) else {
             return Ok(None);
         };
+        if let Some(known) = self.cache.as_ref().and_then(|cache| cache.get(prefix)) {
+            // A prefix names one key, whose secret never changes: a mismatch is a wrong secret.
+            let matches: bool = hash(secret).ct_eq(&known.secret_hash).into();
+            return Ok(matches.then_some(known.principal));
+        }
         let row = api_key::Entity::find()
             .filter(api_key::Column::Prefix.eq(prefix))
             .one(self.store.connection())
@@ -198,11 +242,21 @@ impl Keys {
         if row.last_used_at.is_none_or(|at| now - at >= LAST_USED_RESOLUTION) {
             self.touch(row.id, now);
         }
-        Ok(Some(Principal {
+        let principal = Principal {
             key_id: row.id,
             tenant: TenantId(row.tenant_id),
             scope,
-        }))
+        };
+        if let Some(cache) = &self.cache {
+            cache.insert(
+                prefix.to_owned(),
+                Known {
+                    secret_hash: presented_hash,
+                    principal,
+                },
+            );
+        }
+        Ok(Some(principal))
     }
 
     /// Records a use of the key in the background: the request does not wait for the write.

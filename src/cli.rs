@@ -6,7 +6,7 @@ use clap::{ArgAction, Args, Parser, Subcommand};
 use uuid::Uuid;
 
 use crate::auth::{KeyInfo, Keys, Scope};
-use crate::http::{DEFAULT_TENANT, EdgeConfig, Lifecycle, Limits};
+use crate::http::{DEFAULT_API_KEY_CACHE, DEFAULT_TENANT, EdgeConfig, Lifecycle, Limits};
 use crate::idempotency::IdempotencyKeys;
 use crate::store::Store;
 
@@ -30,6 +30,10 @@ pub enum Command {
         /// Answer introspection queries (and suggest field names in errors): true or false.
         #[arg(long, env = "GRAPHQL_INTROSPECTION", default_value_t = true, action = ArgAction::Set)]
         introspection: bool,
+        /// Seconds a valid API key is remembered without asking the database; a key revoked
+        /// on another replica (or by `apikey revoke`) stops working within this time. 0: never.
+        #[arg(long, env = "API_KEY_CACHE_SECS", default_value_t = DEFAULT_API_KEY_CACHE.as_secs())]
+        api_key_cache_secs: u64,
         #[command(flatten)]
         limits: Limits,
     },
@@ -117,6 +121,7 @@ pub async fn run(cli: Cli) -> Result<(), BoxError> {
             listen,
             database,
             introspection,
+            api_key_cache_secs,
             limits,
         } => {
             let store = database.open().await?;
@@ -143,6 +148,7 @@ pub async fn run(cli: Cli) -> Result<(), BoxError> {
                 introspection,
                 graphiql_key,
                 lifecycle: lifecycle.clone(),
+                api_key_cache: std::time::Duration::from_secs(api_key_cache_secs),
             };
             let router = crate::http::router(store, config)?;
             let listener = crate::http::bind(listen).await?;

@@ -34,8 +34,8 @@ use sea_orm::sea_query::{Expr, ExprTrait, OnConflict};
 use sea_orm::{
     AccessMode, ActiveModelTrait, ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait, DatabaseConnection,
     DatabaseExecutor, DatabaseTransaction, DbBackend, DbErr, EntityTrait, FromQueryResult, IdenStatic, IsolationLevel,
-    Iterable, ModelTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, Select, SqliteTransactionMode,
-    Statement, TransactionOptions, TransactionTrait, Value,
+    Iterable, ModelTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, QueryTrait, Select,
+    SqliteTransactionMode, Statement, TransactionOptions, TransactionTrait, Value,
 };
 use serde_json::Map;
 use uuid::Uuid;
@@ -301,8 +301,8 @@ impl Store {
     /// Applies `change` to the profile `key` names, all or nothing, as `update` says.
     ///
     /// On PostgreSQL an update first tries without a transaction: one statement reads the
-    /// profile, one writes the result if the profile is still at the version it read (three
-    /// round trips with the API key's). If another writer got there first, it falls back to
+    /// profile, one writes the result if the profile is still at the version it read (two
+    /// round trips). If another writer got there first, it falls back to
     /// the locking transaction below, which waits for that writer instead of retrying, so a
     /// hot profile costs one wasted read per update at most. SQLite (in process, one writer
     /// at a time) always takes the transaction.
@@ -751,12 +751,53 @@ fn with_owned(select: Select<profile::Entity>, backend: DbBackend, definitions: 
 /// The profile `key` names with everything it owns and its tenant's custom field definitions,
 /// in one statement; `lock` takes its row lock on PostgreSQL (see the module docs).
 async fn load<C: ConnectionTrait>(conn: &C, tenant: TenantId, key: &ProfileKey, lock: bool) -> Result<Option<Loaded>> {
+    let statement = load_statement(conn.get_database_backend(), tenant, key, lock);
+    Ok(Loaded::find_by_statement(statement).one(conn).await?)
+}
+
+/// [`load`]'s statement, as [`load_select`] builds it. Its text depends only on the backend,
+/// the kind of key and `lock`, so each text is built once: every profile read runs it, and
+/// building it (four subqueries, every column) cost more than reading the row.
+fn load_statement(backend: DbBackend, tenant: TenantId, key: &ProfileKey, lock: bool) -> Statement {
+    static TEXTS: LazyLock<Vec<String>> = LazyLock::new(|| {
+        let keys = [
+            ProfileKey::Id(Uuid::nil()),
+            ProfileKey::ExternalId(String::new()),
+            ProfileKey::SerialNumber(0),
+        ];
+        [DbBackend::Postgres, DbBackend::Sqlite]
+            .into_iter()
+            .flat_map(|backend| {
+                keys.iter().flat_map(move |key| {
+                    [false, true].map(|lock| {
+                        load_select(backend, TenantId(Uuid::nil()), key, lock)
+                            .build(backend)
+                            .sql
+                    })
+                })
+            })
+            .collect()
+    });
+    let (key_index, key_value) = match key {
+        ProfileKey::Id(id) => (0, Value::from(*id)),
+        ProfileKey::ExternalId(external_id) => (1, Value::from(external_id.as_str())),
+        ProfileKey::SerialNumber(serial) => (2, Value::from(*serial)),
+    };
+    // Only PostgreSQL and SQLite are served: no other driver is built in.
+    let backend_index = usize::from(backend != DbBackend::Postgres);
+    let text = &TEXTS[backend_index * 6 + key_index * 2 + usize::from(lock)];
+    // The values in the order `load_select` binds them: tenant, key, then `one`'s LIMIT 1.
+    Statement::from_sql_and_values(backend, text.as_str(), [tenant.0.into(), key_value, 1u64.into()])
+}
+
+/// The query of [`load`], as `one` runs it.
+fn load_select(backend: DbBackend, tenant: TenantId, key: &ProfileKey, lock: bool) -> Select<profile::Entity> {
     let by_key = match key {
         ProfileKey::Id(id) => profile::Column::Id.eq(*id),
         ProfileKey::ExternalId(external_id) => profile::Column::ExternalId.eq(external_id.as_str()),
         ProfileKey::SerialNumber(serial) => profile::Column::SerialNumber.eq(*serial),
     };
-    let mut query = with_owned(profile::Entity::find(), conn.get_database_backend(), true)
+    let mut query = with_owned(profile::Entity::find(), backend, true)
         .filter(profile::Column::TenantId.eq(tenant.0))
         .filter(by_key);
     if lock {
@@ -764,7 +805,7 @@ async fn load<C: ConnectionTrait>(conn: &C, tenant: TenantId, key: &ProfileKey, 
         // no row locks and needs none.
         query = query.lock_exclusive();
     }
-    Ok(query.into_model::<Loaded>().one(conn).await?)
+    query.limit(1)
 }
 
 impl Loaded {
@@ -1275,5 +1316,30 @@ impl profile::ActiveModel {
             row.set(column(field), value);
         }
         Ok(row)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_remembered_load_statement_is_the_one_sea_query_builds() {
+        let tenant = TenantId(Uuid::new_v4());
+        let keys = [
+            ProfileKey::Id(Uuid::new_v4()),
+            ProfileKey::ExternalId("crm-7".into()),
+            ProfileKey::SerialNumber(42),
+        ];
+        for backend in [DbBackend::Postgres, DbBackend::Sqlite] {
+            for key in &keys {
+                for lock in [false, true] {
+                    let built = load_select(backend, tenant, key, lock).build(backend);
+                    let remembered = load_statement(backend, tenant, key, lock);
+                    assert_eq!(remembered.sql, built.sql, "{backend:?} {key:?} {lock}");
+                    assert_eq!(remembered.values, built.values, "{backend:?} {key:?} {lock}");
+                }
+            }
+        }
     }
 }

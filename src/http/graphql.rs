@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use async_graphql::ErrorExtensions;
 use async_graphql::extensions::{Extension, ExtensionContext, ExtensionFactory, NextExecute};
 use async_graphql::http::ALL_WEBSOCKET_PROTOCOLS;
-use async_graphql::parser::types::OperationType;
+use async_graphql::parser::types::{ExecutableDocument, OperationType};
 use async_graphql::{Request, Variables};
 use async_graphql_axum::{GraphQLProtocol, GraphQLWebSocket};
 use axum::Extension as RequestExtension;
@@ -152,6 +152,38 @@ impl Refuse {
             _ => {}
         }
         response
+    }
+}
+
+/// Most bytes of GraphQL text whose parsed documents are kept.
+const CACHED_DOCUMENT_BYTES: u64 = 1024 * 1024;
+
+/// Parsed GraphQL documents by their text. An app sends the same few documents again and again
+/// with other variables, and parsing is a large share of a small request's work; the cache
+/// keeps the most used within [`CACHED_DOCUMENT_BYTES`] of text.
+#[derive(Clone)]
+pub(crate) struct Documents(moka::sync::Cache<String, ExecutableDocument>);
+
+impl Documents {
+    pub(crate) fn new() -> Self {
+        Documents(
+            moka::sync::Cache::builder()
+                .weigher(|query: &String, _: &ExecutableDocument| u32::try_from(query.len()).unwrap_or(u32::MAX))
+                .max_capacity(CACHED_DOCUMENT_BYTES)
+                .build(),
+        )
+    }
+
+    /// `request`'s parsed document, parsed only if its text was not seen lately.
+    fn parse<'r>(&self, request: &'r mut Request) -> Result<&'r ExecutableDocument, async_graphql::ServerError> {
+        match self.0.get(&request.query) {
+            Some(document) => request.set_parsed_query(document),
+            None => {
+                let document = request.parsed_query()?.clone();
+                self.0.insert(request.query.clone(), document);
+            }
+        }
+        request.parsed_query()
     }
 }
 
@@ -715,7 +747,7 @@ async fn run(
         }
         let variables = request.variables.clone();
         let operation_name = request.operation_name.clone();
-        let document = match request.parsed_query() {
+        let document = match state.documents.parse(&mut request) {
             Ok(document) => document,
             Err(err) => {
                 prepared.push(request_error(
@@ -883,6 +915,20 @@ async fn execute(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_document_is_parsed_once_and_then_served_from_the_cache() {
+        let documents = Documents::new();
+        let text = "query($id: ID!) { profile(ref: {id: $id}) { id } }";
+        let mut first = Request::new(text);
+        let parsed = format!("{:?}", documents.parse(&mut first).unwrap());
+        assert!(documents.0.contains_key(text));
+        let mut again = Request::new(text);
+        assert_eq!(format!("{:?}", documents.parse(&mut again).unwrap()), parsed);
+        let mut broken = Request::new("{ profile(");
+        assert!(documents.parse(&mut broken).is_err());
+        assert!(!documents.0.contains_key("{ profile("));
+    }
 
     #[test]
     fn accept_picks_the_preferred_graphql_media_type() {

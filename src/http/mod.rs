@@ -36,7 +36,7 @@ use crate::store::Store;
 pub const DEFAULT_TENANT: &str = "default";
 
 /// How the edge behaves.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct EdgeConfig {
     pub limits: Limits,
     /// Whether introspection (and "Did you mean …" suggestions) are on.
@@ -45,6 +45,23 @@ pub struct EdgeConfig {
     pub graphiql_key: Option<String>,
     /// Ends subscriptions when the server shuts down, and waits for their sockets to close.
     pub lifecycle: Lifecycle,
+    /// How long a valid API key is remembered without asking the database (zero: never).
+    pub api_key_cache: std::time::Duration,
+}
+
+/// How long `serve` remembers a valid API key unless told otherwise.
+pub const DEFAULT_API_KEY_CACHE: std::time::Duration = std::time::Duration::from_secs(5);
+
+impl Default for EdgeConfig {
+    fn default() -> Self {
+        EdgeConfig {
+            limits: Limits::default(),
+            introspection: true,
+            graphiql_key: None,
+            lifecycle: Lifecycle::default(),
+            api_key_cache: DEFAULT_API_KEY_CACHE,
+        }
+    }
 }
 
 /// What a shutdown must end and wait for beyond HTTP requests: upgraded WebSocket
@@ -88,6 +105,7 @@ pub(crate) struct AppState {
     idempotency: IdempotencyKeys,
     limits: Arc<Limits>,
     index: Arc<SchemaIndex>,
+    documents: graphql::Documents,
     lifecycle: Lifecycle,
     graphiql: Arc<str>,
 }
@@ -111,10 +129,11 @@ pub fn router(store: Store, config: EdgeConfig) -> crate::error::Result<Router> 
     let state = AppState {
         schema: schema.data(store.clone()).finish(),
         store: store.clone(),
-        keys: Keys::new(store.clone()),
+        keys: Keys::cached(store.clone(), config.api_key_cache),
         idempotency: IdempotencyKeys::new(store, config.limits.request_timeout()),
         limits: Arc::new(config.limits),
         index: Arc::new(index),
+        documents: graphql::Documents::new(),
         graphiql: graphiql.finish().into(),
         lifecycle: config.lifecycle,
     };

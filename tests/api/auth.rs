@@ -1,6 +1,10 @@
 //! API keys, scopes, and the isolation of tenants from each other.
 
-use profile_gateway::auth::Scope;
+use std::time::Duration;
+
+use profile_gateway::auth::{Keys, Scope};
+use profile_gateway::http::EdgeConfig;
+use profile_gateway::store::Store;
 use serde_json::{Value, json};
 
 use crate::helpers::{TestApp, UPDATE};
@@ -146,4 +150,44 @@ on_both_databases! {
         let fields = app.graphql_as(&other, "{ customFields { name type } }", json!({})).await;
         assert_eq!(fields["data"]["customFields"], json!([{"name": "Size", "type": "NUMBER"}]));
     }
+}
+
+/// A replica remembers a valid key for `api_key_cache`; a revocation made elsewhere (another
+/// replica, `apikey revoke`) reaches it when the entry expires.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_revoked_elsewhere_stops_working_when_the_cache_forgets_it() {
+    let app = TestApp::sqlite_with(EdgeConfig {
+        introspection: true,
+        api_key_cache: Duration::from_millis(300),
+        ..EdgeConfig::default()
+    })
+    .await;
+    let key = app.key("default", Scope::Read).await;
+    let id = app.keys().list().await.unwrap().last().unwrap().id;
+    assert_eq!(app.post(Some(&key), &json!({"query": COUNT})).await.status(), 200);
+    // `app.keys()` is another process's view of the keys: this server does not hear of it.
+    assert!(app.keys().revoke(id).await.unwrap());
+    assert_eq!(app.post(Some(&key), &json!({"query": COUNT})).await.status(), 200);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(app.post(Some(&key), &json!({"query": COUNT})).await.status(), 401);
+}
+
+#[tokio::test]
+async fn a_key_revoked_through_the_remembering_keys_is_refused_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("keys.db").display());
+    let db = profile_gateway::db::connect(&url).await.unwrap();
+    profile_gateway::db::migrate(&db).await.unwrap();
+    let keys = Keys::cached(Store::new(db), Duration::from_secs(60));
+    let made = keys.create("default", Scope::Write, None).await.unwrap();
+    let principal = keys.authenticate(&made.key).await.unwrap().expect("a valid key");
+    assert_eq!((principal.key_id, principal.scope), (made.info.id, Scope::Write));
+    // The remembered prefix with another secret is still a wrong key.
+    let (prefix, secret) = made.key.rsplit_once('_').unwrap();
+    let other_secret = if secret.starts_with('A') { "B" } else { "A" }.repeat(secret.len());
+    let wrong = format!("{prefix}_{other_secret}");
+    assert!(keys.authenticate(&wrong).await.unwrap().is_none());
+    assert!(keys.authenticate(&made.key).await.unwrap().is_some());
+    assert!(keys.revoke(made.info.id).await.unwrap());
+    assert!(keys.authenticate(&made.key).await.unwrap().is_none());
 }
