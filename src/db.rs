@@ -15,6 +15,9 @@ const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 /// within its own timeout.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// A pooled connection idle this long is pinged before it is handed out.
+const PING_WHEN_IDLE_FOR: Duration = Duration::from_secs(1);
+
 /// Opens a pool on `url` (`sqlite://…` or `postgres://…`). A SQLite file is created when
 /// missing and put in WAL mode, so readers never wait for the one writer.
 pub async fn connect(url: &str) -> Result<DatabaseConnection, DbErr> {
@@ -22,6 +25,10 @@ pub async fn connect(url: &str) -> Result<DatabaseConnection, DbErr> {
     options
         .sqlx_logging(false)
         .acquire_timeout(ACQUIRE_TIMEOUT)
+        // A connection that has been busy is handed out as it is; one idle for a while is
+        // pinged first, as a restarted server or a proxy may have dropped it. (Pinging on every
+        // acquire would add a round trip to every query.)
+        .test_before_acquire_if_idle_for(PING_WHEN_IDLE_FOR)
         .map_sqlx_sqlite_opts(|sqlite| {
             sqlite
                 .create_if_missing(true)

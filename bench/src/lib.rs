@@ -225,10 +225,11 @@ async fn seed(url: &str, count: usize) -> Result<Seeded, BoxError> {
         .await?
         .key;
     // Statistics and a checkpoint now, so that no autovacuum or checkpoint of the fresh rows
-    // runs (and takes CPU) during a measurement.
+    // runs (and takes CPU) during a measurement. Not ANALYZE on SQLite: its bundled build has
+    // STAT4, with which statistics make every statement whose key is bound anew re-prepare.
     let maintenance: &[&str] = match store.connection().get_database_backend() {
         sea_orm::DbBackend::Postgres => &["VACUUM (ANALYZE)", "CHECKPOINT"],
-        _ => &["ANALYZE", "PRAGMA wal_checkpoint(TRUNCATE)"],
+        _ => &["PRAGMA wal_checkpoint(TRUNCATE)"],
     };
     for statement in maintenance {
         store.connection().execute_unprepared(statement).await?;
@@ -293,7 +294,24 @@ fn listening_on(line: &str) -> Option<String> {
 
 async fn pool(url: &str) -> Result<PgPool, BoxError> {
     // As many connections as profile-gateway's pool (sqlx's default of 10).
-    Ok(PgPoolOptions::new().max_connections(10).connect(url).await?)
+    Ok(pool_options(10).connect(url).await?)
+}
+
+/// The raw baseline's and the HTTP floor's pool: `max` connections, pinged before use only after
+/// a second idle, exactly as profile-gateway's pool (`src/db.rs`), so that no contender pays a
+/// round trip per query that another does not.
+pub fn pool_options(max: u32) -> PgPoolOptions {
+    PgPoolOptions::new()
+        .max_connections(max)
+        .test_before_acquire(false)
+        .before_acquire(|conn, meta| {
+            Box::pin(async move {
+                if meta.idle_for >= Duration::from_secs(1) {
+                    sqlx::Connection::ping(conn).await?;
+                }
+                Ok(true)
+            })
+        })
 }
 
 async fn start(kind: Kind, seeded: &Seeded, options: &Options) -> Result<Contender, BoxError> {

@@ -2,7 +2,6 @@
 //! Prints `listening on <port>` once it answers.
 
 use clap::Parser;
-use sea_orm::sqlx::postgres::PgPoolOptions;
 
 #[derive(Parser)]
 #[command(name = "profile-gateway-floor")]
@@ -19,8 +18,7 @@ struct Cli {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let cli = Cli::parse();
-    let pool = PgPoolOptions::new()
-        .max_connections(cli.pool_size)
+    let pool = profile_gateway_bench::pool_options(cli.pool_size)
         .connect(&cli.database_url)
         .await?;
     let listener = tokio::net::TcpListener::bind(&cli.listen).await?;
