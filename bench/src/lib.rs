@@ -888,6 +888,8 @@ impl Report {
                     format!("{}, {workload}: {most} req/s ≥ 90% of {first}'s", kind.name()),
                     find(kind, workload, &most)
                         .zip(find(kind, workload, &first))
+                        // Only one connection count measured: nothing to compare.
+                        .filter(|_| most != first)
                         .map(|(m, f)| {
                             let ratio = m.throughput / f.throughput.max(f64::EPSILON);
                             (format!("{:.0}%", ratio * 100.0), ratio >= 0.9)
