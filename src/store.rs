@@ -60,6 +60,58 @@ pub struct TenantId(pub Uuid);
 pub struct ProfileView {
     pub profile: Profile,
     pub custom_fields: Arc<[CustomFieldDefinition]>,
+    /// What was read: a part left out is empty here, not absent from the profile.
+    pub parts: Parts,
+}
+
+/// What a read fetches beside the profile row and its tags. Each part costs the database a
+/// subquery per profile (custom values also the tenant's custom field definitions), so a
+/// read leaves out what its caller will not show.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Parts {
+    /// The profile's groups.
+    pub groups: bool,
+    /// Its custom values, with the tenant's custom field definitions that name them.
+    pub custom: bool,
+}
+
+impl Parts {
+    /// Everything a profile owns: what a write reads, and what it returns.
+    pub const ALL: Self = Self {
+        groups: true,
+        custom: true,
+    };
+    /// The row and its tags only.
+    pub const ROW: Self = Self {
+        groups: false,
+        custom: false,
+    };
+
+    /// Every part either reads.
+    pub fn union(self, other: Self) -> Self {
+        Self {
+            groups: self.groups || other.groups,
+            custom: self.custom || other.custom,
+        }
+    }
+
+    /// Where [`load_statement`] keeps this combination's text.
+    fn index(self) -> usize {
+        usize::from(self.groups) * 2 + usize::from(self.custom)
+    }
+
+    const EVERY: [Self; 4] = [
+        Self::ROW,
+        Self {
+            groups: false,
+            custom: true,
+        },
+        Self {
+            groups: true,
+            custom: false,
+        },
+        Self::ALL,
+    ];
 }
 
 /// Who makes a change, as its history record names them.
@@ -89,6 +141,9 @@ pub struct Update<'a> {
     pub expected_version: Option<i32>,
     /// Compute the result and store nothing.
     pub dry_run: bool,
+    /// What of the profile the caller shows: the update reads these beside what the change
+    /// set touches, and returns them.
+    pub shows: Parts,
 }
 
 /// The outcome of `updateProfile`.
@@ -173,22 +228,23 @@ impl Store {
         Ok(TenantId(tenant.id))
     }
 
-    /// The profile `key` names, read by one statement (one consistent snapshot).
-    pub async fn find(&self, tenant: TenantId, key: &ProfileKey) -> Result<Option<ProfileView>> {
-        load(&self.db, tenant, key, false)
+    /// The profile `key` names with `parts`, read by one statement (one consistent snapshot).
+    pub async fn find(&self, tenant: TenantId, key: &ProfileKey, parts: Parts) -> Result<Option<ProfileView>> {
+        load(&self.db, tenant, key, false, parts)
             .await?
-            .map(Loaded::into_view)
+            .map(|loaded| loaded.into_view(parts))
             .transpose()
     }
 
-    /// Up to `first` profiles after serial number `after`, and, when `count` asks, how many
-    /// match in all.
+    /// Up to `first` profiles after serial number `after`, with `parts`, and, when `count`
+    /// asks, how many match in all.
     pub async fn list(
         &self,
         tenant: TenantId,
         first: u64,
         after: Option<i64>,
         filter: &ProfileFilter,
+        parts: Parts,
         count: bool,
     ) -> Result<Page> {
         // No tag key or group holds U+0000 (PostgreSQL could not even compare it).
@@ -247,7 +303,7 @@ impl Store {
         if let Some(after) = after {
             condition = condition.add(profile::Column::SerialNumber.gt(after));
         }
-        let mut rows = with_owned(profile::Entity::find(), self.db.get_database_backend(), false)
+        let mut rows = with_owned(profile::Entity::find(), self.db.get_database_backend(), parts, false)
             .filter(condition)
             .order_by_asc(profile::Column::SerialNumber)
             .limit(first + 1)
@@ -256,7 +312,10 @@ impl Store {
             .await?;
         let has_next_page = rows.len() as u64 > first;
         rows.truncate(usize::try_from(first).unwrap_or(usize::MAX));
-        let custom_fields = definitions(&conn, tenant).await?;
+        let custom_fields = match parts.custom {
+            true => definitions(&conn, tenant).await?,
+            false => Arc::from([]),
+        };
         if let Some(tx) = tx {
             tx.commit().await?;
         }
@@ -266,6 +325,7 @@ impl Store {
                 Ok(ProfileView {
                     profile: loaded.into_profile(&custom_fields)?,
                     custom_fields: custom_fields.clone(),
+                    parts,
                 })
             })
             .collect::<Result<_>>()?;
@@ -295,7 +355,11 @@ impl Store {
         let notice = record(&tx, tenant, &profile, "createProfile", &changes, actor).await?;
         tx.commit().await?;
         self.announce(notice);
-        Ok(ProfileView { profile, custom_fields })
+        Ok(ProfileView {
+            profile,
+            custom_fields,
+            parts: Parts::ALL,
+        })
     }
 
     /// Applies `change` to the profile `key` names, all or nothing, as `update` says.
@@ -315,11 +379,16 @@ impl Store {
         actor: &Actor,
     ) -> Result<Updated> {
         let on_postgres = self.db.get_database_backend() == DbBackend::Postgres;
+        // A part the change set does not touch is neither read nor written, unless shown.
+        let parts = update.shows.union(Parts {
+            groups: change.touches_groups(),
+            custom: change.touches_custom(),
+        });
         if on_postgres {
-            let loaded = load(&self.db, tenant, key, false)
+            let loaded = load(&self.db, tenant, key, false, parts)
                 .await?
                 .ok_or_else(|| Fault::not_found("profile"))?;
-            match plan(loaded, change, update)? {
+            match plan(loaded, parts, change, update)? {
                 Plan::Unchanged(updated) => return Ok(updated),
                 Plan::Write(write) => {
                     if write_postgres(&self.db, tenant, &write, update.operation, actor, change).await? {
@@ -329,10 +398,10 @@ impl Store {
             }
         }
         let tx = self.begin_write().await?;
-        let loaded = load(&tx, tenant, key, true)
+        let loaded = load(&tx, tenant, key, true, parts)
             .await?
             .ok_or_else(|| Fault::not_found("profile"))?;
-        let write = match plan(loaded, change, update)? {
+        let write = match plan(loaded, parts, change, update)? {
             Plan::Unchanged(updated) => {
                 tx.rollback().await?;
                 return Ok(updated);
@@ -372,13 +441,18 @@ impl Store {
         let ProfileView {
             mut profile,
             custom_fields,
-        } = load(&tx, tenant, key, true)
+            parts,
+        } = load(&tx, tenant, key, true, Parts::ALL)
             .await?
             .ok_or_else(|| Fault::not_found("profile"))?
-            .into_view()?;
+            .into_view(Parts::ALL)?;
         if profile.status == status {
             tx.rollback().await?;
-            return Ok(ProfileView { profile, custom_fields });
+            return Ok(ProfileView {
+                profile,
+                custom_fields,
+                parts,
+            });
         }
         if !profile.status.may_become(status) {
             return Err(Fault::new(
@@ -410,7 +484,11 @@ impl Store {
         let notice = record(&tx, tenant, &profile, "setProfileStatus", &[change], actor).await?;
         tx.commit().await?;
         self.announce(notice);
-        Ok(ProfileView { profile, custom_fields })
+        Ok(ProfileView {
+            profile,
+            custom_fields,
+            parts,
+        })
     }
 
     /// Deletes the profile with its tags, groups and custom values (by cascade), and erases its
@@ -692,10 +770,10 @@ struct Loaded {
     row: profile::Model,
     /// `[[key, value], …]`
     owned_tags: serde_json::Value,
-    /// `[name, …]`
-    owned_groups: serde_json::Value,
-    /// `[[custom field id, value], …]`
-    owned_custom: serde_json::Value,
+    /// `[name, …]`, when read.
+    owned_groups: Option<serde_json::Value>,
+    /// `[[custom field id, value], …]`, when read.
+    owned_custom: Option<serde_json::Value>,
     /// `[[id, name, type, options, max length], …]`: the tenant's custom fields, when read.
     definitions: Option<serde_json::Value>,
 }
@@ -708,7 +786,8 @@ struct OwnedSql {
     groups: &'static str,
     custom: &'static str,
     definitions: &'static str,
-    no_definitions: &'static str,
+    /// In place of a part left out.
+    null: &'static str,
 }
 
 const POSTGRES_OWNED: OwnedSql = OwnedSql {
@@ -716,7 +795,7 @@ const POSTGRES_OWNED: OwnedSql = OwnedSql {
     groups: r#"(SELECT coalesce(jsonb_agg(g.name), '[]'::jsonb) FROM profile_groups AS g WHERE g.profile_id = "profiles"."id")"#,
     custom: r#"(SELECT coalesce(jsonb_agg(jsonb_build_array(c.field_id, c.value)), '[]'::jsonb) FROM custom_field_values AS c WHERE c.profile_id = "profiles"."id")"#,
     definitions: r#"(SELECT coalesce(jsonb_agg(jsonb_build_array(d.id, d.name, d.field_type, d.options, d.max_length)), '[]'::jsonb) FROM custom_field_definitions AS d WHERE d.tenant_id = "profiles"."tenant_id")"#,
-    no_definitions: "NULL::jsonb",
+    null: "NULL::jsonb",
 };
 
 // SQLite keeps UUIDs as 16-byte blobs, which JSON cannot hold: they travel as hex.
@@ -725,40 +804,48 @@ const SQLITE_OWNED: OwnedSql = OwnedSql {
     groups: r#"(SELECT json_group_array(g.name) FROM profile_groups AS g WHERE g.profile_id = "profiles"."id")"#,
     custom: r#"(SELECT json_group_array(json_array(hex(c.field_id), c.value)) FROM custom_field_values AS c WHERE c.profile_id = "profiles"."id")"#,
     definitions: r#"(SELECT json_group_array(json_array(hex(d.id), d.name, d.field_type, json(d.options), d.max_length)) FROM custom_field_definitions AS d WHERE d.tenant_id = "profiles"."tenant_id")"#,
-    no_definitions: "NULL",
+    null: "NULL",
 };
 
-/// `select` with the columns [`Loaded`] reads beside the profile row.
-fn with_owned(select: Select<profile::Entity>, backend: DbBackend, definitions: bool) -> Select<profile::Entity> {
+/// `select` with the columns [`Loaded`] reads beside the profile row: its tags, the `parts`
+/// it owns, and the tenant's custom field definitions when `definitions` (and `parts.custom`)
+/// asks.
+fn with_owned(
+    select: Select<profile::Entity>,
+    backend: DbBackend,
+    parts: Parts,
+    definitions: bool,
+) -> Select<profile::Entity> {
     let sql = match backend {
         DbBackend::Postgres => &POSTGRES_OWNED,
         _ => &SQLITE_OWNED,
     };
+    let part = |wanted: bool, subquery: &'static str| Expr::cust(if wanted { subquery } else { sql.null });
     select
         .expr_as(Expr::cust(sql.tags), "owned_tags")
-        .expr_as(Expr::cust(sql.groups), "owned_groups")
-        .expr_as(Expr::cust(sql.custom), "owned_custom")
-        .expr_as(
-            Expr::cust(if definitions {
-                sql.definitions
-            } else {
-                sql.no_definitions
-            }),
-            "definitions",
-        )
+        .expr_as(part(parts.groups, sql.groups), "owned_groups")
+        .expr_as(part(parts.custom, sql.custom), "owned_custom")
+        .expr_as(part(parts.custom && definitions, sql.definitions), "definitions")
 }
 
-/// The profile `key` names with everything it owns and its tenant's custom field definitions,
-/// in one statement; `lock` takes its row lock on PostgreSQL (see the module docs).
-async fn load<C: ConnectionTrait>(conn: &C, tenant: TenantId, key: &ProfileKey, lock: bool) -> Result<Option<Loaded>> {
-    let statement = load_statement(conn.get_database_backend(), tenant, key, lock);
+/// The profile `key` names with its tags and `parts` (custom values with the tenant's custom
+/// field definitions), in one statement; `lock` takes its row lock on PostgreSQL (see the
+/// module docs).
+async fn load<C: ConnectionTrait>(
+    conn: &C,
+    tenant: TenantId,
+    key: &ProfileKey,
+    lock: bool,
+    parts: Parts,
+) -> Result<Option<Loaded>> {
+    let statement = load_statement(conn.get_database_backend(), tenant, key, lock, parts);
     Ok(Loaded::find_by_statement(statement).one(conn).await?)
 }
 
 /// [`load`]'s statement, as [`load_select`] builds it. Its text depends only on the backend,
-/// the kind of key and `lock`, so each text is built once: every profile read runs it, and
+/// the kind of key, `lock` and `parts`, so each text is built once: every profile read runs it, and
 /// building it (four subqueries, every column) cost more than reading the row.
-fn load_statement(backend: DbBackend, tenant: TenantId, key: &ProfileKey, lock: bool) -> Statement {
+fn load_statement(backend: DbBackend, tenant: TenantId, key: &ProfileKey, lock: bool, parts: Parts) -> Statement {
     static TEXTS: LazyLock<Vec<String>> = LazyLock::new(|| {
         let keys = [
             ProfileKey::Id(Uuid::nil()),
@@ -769,10 +856,12 @@ fn load_statement(backend: DbBackend, tenant: TenantId, key: &ProfileKey, lock: 
             .into_iter()
             .flat_map(|backend| {
                 keys.iter().flat_map(move |key| {
-                    [false, true].map(|lock| {
-                        load_select(backend, TenantId(Uuid::nil()), key, lock)
-                            .build(backend)
-                            .sql
+                    [false, true].into_iter().flat_map(move |lock| {
+                        Parts::EVERY.map(|parts| {
+                            load_select(backend, TenantId(Uuid::nil()), key, lock, parts)
+                                .build(backend)
+                                .sql
+                        })
                     })
                 })
             })
@@ -785,19 +874,25 @@ fn load_statement(backend: DbBackend, tenant: TenantId, key: &ProfileKey, lock: 
     };
     // Only PostgreSQL and SQLite are served: no other driver is built in.
     let backend_index = usize::from(backend != DbBackend::Postgres);
-    let text = &TEXTS[backend_index * 6 + key_index * 2 + usize::from(lock)];
+    let text = &TEXTS[((backend_index * 3 + key_index) * 2 + usize::from(lock)) * Parts::EVERY.len() + parts.index()];
     // The values in the order `load_select` binds them: tenant, key, then `one`'s LIMIT 1.
     Statement::from_sql_and_values(backend, text.as_str(), [tenant.0.into(), key_value, 1u64.into()])
 }
 
 /// The query of [`load`], as `one` runs it.
-fn load_select(backend: DbBackend, tenant: TenantId, key: &ProfileKey, lock: bool) -> Select<profile::Entity> {
+fn load_select(
+    backend: DbBackend,
+    tenant: TenantId,
+    key: &ProfileKey,
+    lock: bool,
+    parts: Parts,
+) -> Select<profile::Entity> {
     let by_key = match key {
         ProfileKey::Id(id) => profile::Column::Id.eq(*id),
         ProfileKey::ExternalId(external_id) => profile::Column::ExternalId.eq(external_id.as_str()),
         ProfileKey::SerialNumber(serial) => profile::Column::SerialNumber.eq(*serial),
     };
-    let mut query = with_owned(profile::Entity::find(), backend, true)
+    let mut query = with_owned(profile::Entity::find(), backend, parts, true)
         .filter(profile::Column::TenantId.eq(tenant.0))
         .filter(by_key);
     if lock {
@@ -809,9 +904,11 @@ fn load_select(backend: DbBackend, tenant: TenantId, key: &ProfileKey, lock: boo
 }
 
 impl Loaded {
-    /// The profile and its tenant's custom field definitions.
-    fn into_view(mut self) -> Result<ProfileView> {
+    /// The profile with the `parts` it was read with, and its tenant's custom field
+    /// definitions when those include custom values.
+    fn into_view(mut self, parts: Parts) -> Result<ProfileView> {
         let custom_fields: Arc<[CustomFieldDefinition]> = match self.definitions.take() {
+            None if !parts.custom => Arc::from([]),
             Some(definitions) => {
                 let mut definitions = json_rows(definitions, "definitions")?
                     .into_iter()
@@ -823,7 +920,11 @@ impl Loaded {
             None => return Err(internal("a profile was read without its custom field definitions")),
         };
         let profile = self.into_profile(&custom_fields)?;
-        Ok(ProfileView { profile, custom_fields })
+        Ok(ProfileView {
+            profile,
+            custom_fields,
+            parts,
+        })
     }
 
     fn into_profile(self, custom_fields: &[CustomFieldDefinition]) -> Result<Profile> {
@@ -843,13 +944,15 @@ impl Loaded {
                 _ => return Err(internal("a tag row is not an array")),
             }
         }
-        for group in json_rows(self.owned_groups, "groups")? {
+        let groups = self.owned_groups.map(|groups| json_rows(groups, "groups"));
+        for group in groups.transpose()?.unwrap_or_default() {
             let serde_json::Value::String(name) = group else {
                 return Err(internal("a group row is not a string"));
             };
             profile.groups.insert(name);
         }
-        for value in json_rows(self.owned_custom, "custom values")? {
+        let custom = self.owned_custom.map(|custom| json_rows(custom, "custom values"));
+        for value in custom.transpose()?.unwrap_or_default() {
             let Ok([serde_json::Value::String(field_id), serde_json::Value::String(value)]) =
                 <[serde_json::Value; 2]>::try_from(as_array(value)?)
             else {
@@ -915,12 +1018,14 @@ struct Write {
     updated: Updated,
 }
 
-/// Checks `update`'s conditions on the profile `loaded` holds and applies `change` to it.
-fn plan(loaded: Loaded, change: &ChangeSet, update: &Update<'_>) -> Result<Plan> {
+/// Checks `update`'s conditions on the profile `loaded` holds (with `parts`, which include
+/// every part `change` touches) and applies `change` to it.
+fn plan(loaded: Loaded, parts: Parts, change: &ChangeSet, update: &Update<'_>) -> Result<Plan> {
     let ProfileView {
         profile: before,
         custom_fields,
-    } = loaded.into_view()?;
+        parts,
+    } = loaded.into_view(parts)?;
     if before.status == ProfileStatus::Closed {
         return Err(Fault::new(Code::ProfileClosed, "This profile is CLOSED and accepts no updates.").into());
     }
@@ -947,6 +1052,7 @@ fn plan(loaded: Loaded, change: &ChangeSet, update: &Update<'_>) -> Result<Plan>
         profile: ProfileView {
             profile: after,
             custom_fields,
+            parts,
         },
         changes,
     };
@@ -1334,10 +1440,13 @@ mod tests {
         for backend in [DbBackend::Postgres, DbBackend::Sqlite] {
             for key in &keys {
                 for lock in [false, true] {
-                    let built = load_select(backend, tenant, key, lock).build(backend);
-                    let remembered = load_statement(backend, tenant, key, lock);
-                    assert_eq!(remembered.sql, built.sql, "{backend:?} {key:?} {lock}");
-                    assert_eq!(remembered.values, built.values, "{backend:?} {key:?} {lock}");
+                    for parts in Parts::EVERY {
+                        let built = load_select(backend, tenant, key, lock, parts).build(backend);
+                        let remembered = load_statement(backend, tenant, key, lock, parts);
+                        let case = format!("{backend:?} {key:?} {lock} {parts:?}");
+                        assert_eq!(remembered.sql, built.sql, "{case}");
+                        assert_eq!(remembered.values, built.values, "{case}");
+                    }
                 }
             }
         }

@@ -87,8 +87,15 @@ impl ChangeSet {
         &self.ops
     }
 
-    /// Whether applying needs the tenant's custom field definitions.
-    pub fn needs_custom_fields(&self) -> bool {
+    /// Whether applying reads or writes the profile's groups: a profile read without them
+    /// must not be given this change set.
+    pub fn touches_groups(&self) -> bool {
+        self.ops.iter().any(|op| matches!(op, Op::ReplaceGroups(_)))
+    }
+
+    /// Whether applying reads or writes custom values (and needs the tenant's custom field
+    /// definitions): a profile read without them must not be given this change set.
+    pub fn touches_custom(&self) -> bool {
         self.ops.iter().any(|op| matches!(op, Op::SetCustom { .. }))
     }
 
@@ -306,6 +313,44 @@ mod tests {
 
     fn set(ops: Vec<Op>) -> ChangeSet {
         ChangeSet { ops }
+    }
+
+    #[test]
+    fn a_change_set_says_whether_it_touches_groups_or_custom_values() {
+        let tags = set(vec![Op::ReplaceTags(["vip".to_owned()].into())]);
+        assert!(!tags.touches_groups() && !tags.touches_custom());
+        let groups = set(vec![
+            Op::DeleteTag { key: "t".into() },
+            Op::ReplaceGroups(BTreeSet::new()),
+        ]);
+        assert!(groups.touches_groups() && !groups.touches_custom());
+        let custom = set(vec![Op::SetCustom {
+            name: "Size".into(),
+            value: None,
+            path: "values[0]".into(),
+        }]);
+        assert!(!custom.touches_groups() && custom.touches_custom());
+    }
+
+    #[test]
+    fn a_change_set_that_touches_neither_leaves_groups_and_custom_values_as_read() {
+        // What lets the engine read a profile without them: neither its result nor its
+        // changes depend on them.
+        let change = set(vec![
+            Op::MergeAttribute {
+                key: "a".into(),
+                value: Some(json!(1)),
+            },
+            Op::ReplaceTags(["t".to_owned()].into()),
+        ]);
+        let mut read = profile();
+        read.groups.insert("g".into());
+        read.custom.insert("Size".into(), "M".into());
+        let (with, with_changes) = change.apply(&read, &[]).unwrap();
+        let (without, without_changes) = change.apply(&profile(), &[]).unwrap();
+        assert_eq!((with.groups.len(), with.custom.len()), (1, 1));
+        assert!(without.groups.is_empty() && without.custom.is_empty());
+        assert_eq!(with_changes, without_changes);
     }
 
     #[test]

@@ -56,6 +56,7 @@ impl Mutation {
                     operation,
                     expected_version,
                     dry_run,
+                    shows: Profile::parts(ctx.look_ahead().field("profile")),
                 },
                 &actor(ctx),
             )

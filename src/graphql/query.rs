@@ -26,7 +26,8 @@ impl Query {
         let Some(key) = r#ref.key() else {
             return Ok(None);
         };
-        Ok(store.find(tenant, &key).await.extend()?.map(Profile))
+        let parts = Profile::parts(ctx.look_ahead());
+        Ok(store.find(tenant, &key, parts).await.extend()?.map(Profile))
     }
 
     /// The caller's profiles, oldest first, `first` at a time (at most 100), after the cursor
@@ -52,8 +53,14 @@ impl Query {
             group: filter.group,
         };
         // Counting every match costs a query of its own: only when the client asks.
-        let count = ctx.look_ahead().field("totalCount").exists();
-        let page = store.list(tenant, page_size, after, &filter, count).await.extend()?;
+        let selection = ctx.look_ahead();
+        let count = selection.field("totalCount").exists();
+        let parts =
+            Profile::parts(selection.field("nodes")).union(Profile::parts(selection.field("edges").field("node")));
+        let page = store
+            .list(tenant, page_size, after, &filter, parts, count)
+            .await
+            .extend()?;
         let edges: Vec<ProfileEdge> = page
             .profiles
             .into_iter()

@@ -7,6 +7,7 @@ use super::types::{FieldChange, Profile, ProfileRef};
 use crate::domain::ProfileKey;
 use crate::error::Fault;
 use crate::feed::Notice;
+use crate::store::Parts;
 
 pub struct Subscription;
 
@@ -39,11 +40,12 @@ impl Subscription {
         >,
     ) -> Result<impl Stream<Item = ProfileChangeEvent> + use<>> {
         let (store, tenant) = scope(ctx)?;
+        let parts = Profile::parts(ctx.look_ahead().field("profile"));
         let only = match r#ref {
             None => None,
             Some(r#ref) => {
                 let key = r#ref.key().ok_or_else(|| Fault::not_found("profile")).extend()?;
-                let view = store.find(tenant, &key).await.extend()?;
+                let view = store.find(tenant, &key, Parts::ROW).await.extend()?;
                 Some(view.ok_or_else(|| Fault::not_found("profile")).extend()?.profile.id)
             }
         };
@@ -71,7 +73,7 @@ impl Subscription {
                     }
                 };
                 let profile = store
-                    .find(tenant, &ProfileKey::Id(notice.profile_id))
+                    .find(tenant, &ProfileKey::Id(notice.profile_id), parts)
                     .await
                     .ok()
                     .flatten()

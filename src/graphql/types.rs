@@ -1,12 +1,16 @@
 //! Output types, enums and shared inputs, written for clients rather than mirroring rows.
 
-use async_graphql::{Context, Enum, ID, InputObject, Json, Object, OneofObject, Result, ResultExt, SimpleObject};
+use async_graphql::{
+    Context, Enum, ErrorExtensions, ID, InputObject, Json, Lookahead, Object, OneofObject, Result, ResultExt,
+    SimpleObject,
+};
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 
 use super::cursor;
 use crate::domain::{self, Field, ProfileKey, STANDARD_NAMES};
-use crate::store::{ChangeRecord, ProfileView};
+use crate::error::Error;
+use crate::store::{ChangeRecord, Parts, ProfileView};
 
 /// Lifecycle state of a profile. Only `setProfileStatus` changes it.
 #[derive(Enum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -221,8 +225,26 @@ pub struct ProfileConnection {
 pub struct Profile(pub ProfileView);
 
 impl Profile {
+    /// What of a profile to read for `selection`, the look-ahead of a field whose type is
+    /// `Profile`: only the fields that show a part need it read (fragments count too).
+    pub fn parts(selection: Lookahead<'_>) -> Parts {
+        Parts {
+            groups: selection.field("groups").exists(),
+            custom: selection.field("customFields").exists() || selection.field("values").exists(),
+        }
+    }
+
     fn text(&self, field: Field) -> Option<&str> {
         self.0.profile.text(field)
+    }
+
+    /// Fails when the profile was read without `part`, which [`Profile::parts`] should have
+    /// asked for: a field must never show a part it did not read as empty.
+    fn require(&self, read: bool, part: &str) -> Result<()> {
+        match read {
+            true => Ok(()),
+            false => Err(Error::Internal(format!("a profile was read without its {part}").into()).extend()),
+        }
     }
 }
 
@@ -444,13 +466,16 @@ impl Profile {
     }
 
     /// Groups, sorted.
-    async fn groups(&self) -> Vec<&str> {
-        self.0.profile.groups.iter().map(String::as_str).collect()
+    async fn groups(&self) -> Result<Vec<&str>> {
+        self.require(self.0.parts.groups, "groups")?;
+        Ok(self.0.profile.groups.iter().map(String::as_str).collect())
     }
 
     /// Every custom field of the tenant, with this profile's value or null.
-    async fn custom_fields(&self) -> Vec<CustomFieldValue> {
-        self.0
+    async fn custom_fields(&self) -> Result<Vec<CustomFieldValue>> {
+        self.require(self.0.parts.custom, "custom values")?;
+        Ok(self
+            .0
             .custom_fields
             .iter()
             .map(|field| CustomFieldValue {
@@ -458,11 +483,12 @@ impl Profile {
                 field_type: field.field_type.into(),
                 value: self.0.profile.custom.get(&field.name).cloned(),
             })
-            .collect()
+            .collect())
     }
 
     /// Flat view: standard field names (First_Name, Email, ...) and custom field names to their values.
-    async fn values(&self) -> Json<Map<String, Value>> {
+    async fn values(&self) -> Result<Json<Map<String, Value>>> {
+        self.require(self.0.parts.custom, "custom values")?;
         let profile = &self.0.profile;
         let standard = STANDARD_NAMES.iter().filter_map(|(name, field)| {
             profile
@@ -473,7 +499,7 @@ impl Profile {
             .custom
             .iter()
             .map(|(name, value)| (name.clone(), Value::from(value.as_str())));
-        Json(standard.chain(custom).collect())
+        Ok(Json(standard.chain(custom).collect()))
     }
 
     /// Every applied change of this profile, newest first, `first` at a time (at most 100)

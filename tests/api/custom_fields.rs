@@ -76,6 +76,60 @@ on_both_databases! {
         assert_eq!(cleared["data"]["updateProfile"]["changes"], json!([{"field": "customFields.Notes", "before": "hi", "after": null}]));
     }
 
+    async fn reads_show_groups_and_custom_values_asked_for_in_fragments_and_skip_them_otherwise(app) {
+        app.ok(DEFINE, json!({"input": {"name": "Notes", "type": "TEXT"}})).await;
+        let id = app.create(json!({"firstName": "Ana", "groups": ["b", "a"], "tags": [{"key": "vip", "value": "gold"}]})).await["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let set = app.update(&id, json!({"profileValues": {"values": [{"name": "Notes", "value": "hi"}]}})).await;
+        assert!(set.get("errors").is_none(), "{set}");
+        let owned = json!({
+            "groups": ["a", "b"],
+            "customFields": [{"name": "Notes", "value": "hi"}],
+            "values": {"First_Name": "Ana", "Notes": "hi"},
+        });
+        let named = app
+            .ok(
+                "query($id: ID!) { profile(ref: {id: $id}) { ...Owned } }
+                 fragment Owned on Profile { groups ... on Profile { customFields { name value } values } }",
+                json!({"id": id}),
+            )
+            .await;
+        assert_eq!(named["profile"], owned);
+        let listed = app
+            .ok(
+                "{ profiles(first: 5) { nodes { ... on Profile { groups } } edges { node { ...Custom } } } }
+                 fragment Custom on Profile { customFields { name value } values }",
+                json!({}),
+            )
+            .await;
+        assert_eq!(listed["profiles"]["nodes"], json!([{"groups": ["a", "b"]}]));
+        assert_eq!(listed["profiles"]["edges"][0]["node"], json!({"customFields": [{"name": "Notes", "value": "hi"}], "values": {"First_Name": "Ana", "Notes": "hi"}}));
+        let bare = app.ok("query($id: ID!) { profile(ref: {id: $id}) { firstName tags { key } } }", json!({"id": id})).await;
+        assert_eq!(bare["profile"], json!({"firstName": "Ana", "tags": [{"key": "vip"}]}));
+    }
+
+    async fn updates_that_show_only_the_version_keep_or_replace_groups_and_custom_values_as_asked(app) {
+        app.ok(DEFINE, json!({"input": {"name": "Notes", "type": "TEXT"}})).await;
+        let id = app.create(json!({"groups": ["old"]})).await["id"].as_str().unwrap().to_owned();
+        const SLIM: &str = "mutation($ref: ProfileRef!, $update: ProfileUpdate!) {
+            updateProfile(ref: $ref, update: $update) { profile { version } changes { field before after } } }";
+        let slim = |update: Value| app.ok(SLIM, json!({"ref": {"id": id}, "update": update}));
+        let noted = slim(json!({"profileValues": {"values": [{"name": "Notes", "value": "hi"}]}})).await;
+        assert_eq!(noted["updateProfile"]["changes"], json!([{"field": "customFields.Notes", "before": null, "after": "hi"}]));
+        let tagged = slim(json!({"scrip": {"attributes": {"a": 1}, "tags": ["vip"]}})).await;
+        assert_eq!(tagged["updateProfile"]["profile"]["version"], 3);
+        let profile = app.profile(&id).await;
+        assert_eq!(profile["groups"], json!(["old"]));
+        assert_eq!(profile["values"], json!({"Notes": "hi"}));
+        let regrouped = slim(json!({"competitionLabs": {"id": id, "memberType": "TEAM", "memberRefId": "m-1", "groups": ["new"]}})).await;
+        let changes = regrouped["updateProfile"]["changes"].as_array().unwrap();
+        assert!(changes.contains(&json!({"field": "groups", "before": ["old"], "after": ["new"]})), "{changes:?}");
+        let profile = app.profile(&id).await;
+        assert_eq!((profile["groups"].clone(), profile["values"].clone()), (json!(["new"]), json!({"Notes": "hi"})));
+    }
+
     async fn unknown_names_and_ill_typed_values_refuse_the_whole_call(app) {
         app.ok(DEFINE, json!({"input": {"name": "Size", "type": "DROPDOWN", "options": ["S"]}})).await;
         app.ok(DEFINE, json!({"input": {"name": "Arrival", "type": "DATE"}})).await;
