@@ -12,7 +12,11 @@
 //!   `SELECT … FOR UPDATE` (the tenant row for serial numbers and custom field definitions): a
 //!   second writer waits for the first to commit and then reads the committed row. Row locks
 //!   after one failed attempt, rather than compare-and-swap in a loop, because a hot profile
-//!   would otherwise make writers retry again and again and fail under load.
+//!   would otherwise make writers retry again and again and fail under load. A profile whose
+//!   first attempt lost a race is remembered as contended while updates of it keep coming
+//!   ([`CONTENDED_FOR`]): this replica's updates of it then take turns, so that each one's
+//!   attempt finds the version the previous one wrote (a writer on another replica can still
+//!   win a race, and then the loser takes the row lock as above).
 //! - SQLite: writes begin with `BEGIN IMMEDIATE`, which takes the database's one write lock up
 //!   front. A deferred transaction that reads and then writes fails at once with SQLITE_BUSY
 //!   when another connection committed in between, whatever the busy timeout; an immediate
@@ -28,6 +32,7 @@
 //! PostgreSQL, after the commit on SQLite. A change that rolls back leaves neither.
 
 use std::sync::{Arc, LazyLock};
+use std::time::Duration;
 
 use chrono::Utc;
 use sea_orm::sea_query::{Expr, ExprTrait, OnConflict};
@@ -170,11 +175,24 @@ pub struct Page {
     pub total_count: Option<u64>,
 }
 
+/// How long a profile whose optimistic update lost a race stays contended after its last
+/// update (PostgreSQL): long enough to span the gaps in a burst of writers.
+const CONTENDED_FOR: Duration = Duration::from_secs(1);
+/// Most contended profiles remembered at once; more are rare, and forgetting one only costs it
+/// a lost race.
+const MAX_CONTENDED: u64 = 10_000;
+
+/// The turn that this replica's updates of one contended profile take, one at a time.
+type Turn = Arc<tokio::sync::Mutex<()>>;
+
 /// Handle on the database and this replica's change feed; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Store {
     db: DatabaseConnection,
     feed: Feed,
+    /// Profiles (by tenant and the key updates name them by) whose optimistic update lost a
+    /// race, updated within the last [`CONTENDED_FOR`].
+    contended: moka::sync::Cache<(Uuid, ProfileKey), Turn>,
 }
 
 impl Store {
@@ -182,6 +200,10 @@ impl Store {
         Store {
             db,
             feed: Feed::default(),
+            contended: moka::sync::Cache::builder()
+                .max_capacity(MAX_CONTENDED)
+                .time_to_idle(CONTENDED_FOR)
+                .build(),
         }
     }
 
@@ -368,8 +390,10 @@ impl Store {
     /// profile, one writes the result if the profile is still at the version it read (two
     /// round trips). If another writer got there first, it falls back to
     /// the locking transaction below, which waits for that writer instead of retrying, so a
-    /// hot profile costs one wasted read per update at most. SQLite (in process, one writer
-    /// at a time) always takes the transaction.
+    /// hot profile costs one wasted read per update at most; and from then on, while its
+    /// updates keep coming, this replica's updates of it take turns, so that they do not
+    /// race each other at all. SQLite (in process, one writer at a time) always takes the
+    /// transaction.
     pub async fn update(
         &self,
         tenant: TenantId,
@@ -385,6 +409,12 @@ impl Store {
             custom: change.touches_custom(),
         });
         if on_postgres {
+            let slot = (tenant.0, key.clone());
+            // Held until the update is stored, or has failed.
+            let _turn = match self.contended.get(&slot) {
+                Some(turn) => Some(turn.lock_owned().await),
+                None => None,
+            };
             let loaded = load(&self.db, tenant, key, false, parts)
                 .await?
                 .ok_or_else(|| Fault::not_found("profile"))?;
@@ -394,6 +424,7 @@ impl Store {
                     if write_postgres(&self.db, tenant, &write, update.operation, actor, change).await? {
                         return Ok(write.updated);
                     }
+                    self.contended.get_with(slot, Turn::default);
                 }
             }
         }

@@ -193,7 +193,7 @@ impl Scalar {
 }
 
 /// How a request names a profile; always within the caller's tenant.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum ProfileKey {
     Id(Uuid),
     ExternalId(String),
