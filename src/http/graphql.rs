@@ -13,10 +13,8 @@
 //!   the limits (400 with a specific code), and the key's scope (FORBIDDEN).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use async_graphql::ErrorExtensions;
-use async_graphql::extensions::{Extension, ExtensionContext, ExtensionFactory, NextExecute};
 use async_graphql::http::ALL_WEBSOCKET_PROTOCOLS;
 use async_graphql::parser::types::{ExecutableDocument, OperationType};
 use async_graphql::{Request, Variables};
@@ -187,33 +185,12 @@ impl Documents {
     }
 }
 
-/// Set by [`TrackExecution`] once a request passed parsing and validation and began to run.
-#[derive(Clone, Default)]
-struct ExecutionStarted(Arc<AtomicBool>);
-
-/// Marks the start of execution, so that the edge can tell a request error (no `data`,
-/// 4xx) from an executed request with field errors (`data`, 200).
-pub struct TrackExecution;
-
-impl ExtensionFactory for TrackExecution {
-    fn create(&self) -> Arc<dyn Extension> {
-        Arc::new(TrackExecution)
-    }
-}
-
-#[async_trait::async_trait]
-impl Extension for TrackExecution {
-    async fn execute(
-        &self,
-        ctx: &ExtensionContext<'_>,
-        operation_name: Option<&str>,
-        next: NextExecute<'_>,
-    ) -> async_graphql::Response {
-        if let Some(started) = ctx.data_opt::<ExecutionStarted>() {
-            started.0.store(true, Ordering::Release);
-        }
-        next.run(ctx, operation_name).await
-    }
+/// Whether `response` comes from an executed operation rather than a request error (parse,
+/// validation, variables, no such operation), which the spec answers with no `data` and
+/// 4xx. Execution gives `data`, unless a non-null root field failed, and then that field's
+/// error has a path; the errors of a request that never ran have none.
+fn executed(response: &async_graphql::Response) -> bool {
+    response.data != async_graphql::Value::Null || response.errors.iter().any(|error| !error.path.is_empty())
 }
 
 /// How the request arrived; GET may not run mutations.
@@ -869,18 +846,13 @@ async fn execute(
     media: Media,
     request_id: RequestId,
 ) -> (Value, StatusCode) {
-    let started = ExecutionStarted::default();
     let actor = Actor {
         api_key_id: Some(principal.key_id),
         request_id: Some(request_id.to_string()),
     };
-    let request = request
-        .data(principal)
-        .data(principal.tenant)
-        .data(actor)
-        .data(started.clone());
+    let request = request.data(principal).data(principal.tenant).data(actor);
     let response = state.schema.execute(request).await;
-    let executed = started.0.load(Ordering::Acquire);
+    let executed = executed(&response);
     let mut body = serde_json::to_value(&response).unwrap_or_else(|err| {
         tracing::error!(%err, "a response could not be serialised");
         json!({ "errors": [{ "message": "Something went wrong on our side.", "extensions": { "code": "INTERNAL" } }] })
