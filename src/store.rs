@@ -17,8 +17,9 @@
 //!   ([`CONTENDED_FOR`]): this replica's updates of it then take turns, so that each one's
 //!   attempt finds the version the previous one wrote (a writer on another replica can still
 //!   win a race, and then the loser takes the row lock as above).
-//! - SQLite: writes begin with `BEGIN IMMEDIATE`, which takes the database's one write lock up
-//!   front. A deferred transaction that reads and then writes fails at once with SQLITE_BUSY
+//! - SQLite: writes take turns in this process first (a queue in memory rather than SQLite's
+//!   busy handler, which polls with sleeps of up to 100 ms), then begin with `BEGIN
+//!   IMMEDIATE`, which takes the database's one write lock up front (against other processes). A deferred transaction that reads and then writes fails at once with SQLITE_BUSY
 //!   when another connection committed in between, whatever the busy timeout; an immediate
 //!   one waits for the lock (up to the busy timeout) and then reads current data. WAL mode lets
 //!   readers go on meanwhile.
@@ -33,6 +34,8 @@
 
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
+
+use tokio::sync::OwnedMutexGuard;
 
 use chrono::Utc;
 use sea_orm::sea_query::{Expr, ExprTrait, OnConflict};
@@ -193,6 +196,8 @@ pub struct Store {
     /// Profiles (by tenant and the key updates name them by) whose optimistic update lost a
     /// race, updated within the last [`CONTENDED_FOR`].
     contended: moka::sync::Cache<(Uuid, ProfileKey), Turn>,
+    /// The turn of this process's write transactions on SQLite, which has one writer at a time.
+    sqlite_writer: Turn,
 }
 
 impl Store {
@@ -204,6 +209,7 @@ impl Store {
                 .max_capacity(MAX_CONTENDED)
                 .time_to_idle(CONTENDED_FOR)
                 .build(),
+            sqlite_writer: Turn::default(),
         }
     }
 
@@ -363,7 +369,7 @@ impl Store {
     }
 
     pub async fn create(&self, tenant: TenantId, change: &ChangeSet, actor: &Actor) -> Result<ProfileView> {
-        let tx = self.begin_write().await?;
+        let (tx, _turn) = self.begin_write().await?;
         let serial_number = next_serial_number(&tx, tenant).await?;
         let custom_fields = definitions(&tx, tenant).await?;
         let blank = Profile::new(Uuid::new_v4(), serial_number, Utc::now());
@@ -428,7 +434,7 @@ impl Store {
                 }
             }
         }
-        let tx = self.begin_write().await?;
+        let (tx, _turn) = self.begin_write().await?;
         let loaded = load(&tx, tenant, key, true, parts)
             .await?
             .ok_or_else(|| Fault::not_found("profile"))?;
@@ -468,7 +474,7 @@ impl Store {
         status: ProfileStatus,
         actor: &Actor,
     ) -> Result<ProfileView> {
-        let tx = self.begin_write().await?;
+        let (tx, _turn) = self.begin_write().await?;
         let ProfileView {
             mut profile,
             custom_fields,
@@ -525,7 +531,7 @@ impl Store {
     /// Deletes the profile with its tags, groups and custom values (by cascade), and erases its
     /// history, whose changes hold personal data, for a tombstone that holds none; returns its id.
     pub async fn delete(&self, tenant: TenantId, key: &ProfileKey, actor: &Actor) -> Result<Uuid> {
-        let tx = self.begin_write().await?;
+        let (tx, _turn) = self.begin_write().await?;
         let row = find_row(&tx, tenant, key, true)
             .await?
             .ok_or_else(|| Fault::not_found("profile"))?;
@@ -584,7 +590,7 @@ impl Store {
 
     /// Defines a custom field, or redefines the one of the same name.
     pub async fn define_custom_field(&self, tenant: TenantId, field: NewCustomField) -> Result<CustomFieldDefinition> {
-        let tx = self.begin_write().await?;
+        let (tx, _turn) = self.begin_write().await?;
         // Serialises definitions per tenant on PostgreSQL (SQLite's write lock already does).
         tenant::Entity::find_by_id(tenant.0).lock_exclusive().one(&tx).await?;
         let existing = custom_field_definition::Entity::find()
@@ -644,13 +650,21 @@ impl Store {
         Ok(definition)
     }
 
-    async fn begin_write(&self) -> Result<DatabaseTransaction, DbErr> {
-        self.db
+    /// A write transaction, and on SQLite the write turn it holds until it is dropped (keep it
+    /// past the commit).
+    async fn begin_write(&self) -> Result<(DatabaseTransaction, Option<OwnedMutexGuard<()>>), DbErr> {
+        let turn = match self.db.get_database_backend() {
+            DbBackend::Sqlite => Some(self.sqlite_writer.clone().lock_owned().await),
+            _ => None,
+        };
+        let tx = self
+            .db
             .begin_with_options(TransactionOptions {
                 sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
                 ..Default::default()
             })
-            .await
+            .await?;
+        Ok((tx, turn))
     }
 
     async fn begin_read(&self) -> Result<DatabaseTransaction, DbErr> {
