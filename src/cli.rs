@@ -125,6 +125,7 @@ pub async fn run(cli: Cli) -> Result<(), BoxError> {
             limits,
         } => {
             let store = database.open().await?;
+            crate::db::spawn_checkpoints(store.connection().clone());
             let keys = Keys::new(store.clone());
             let mut graphiql_key = None;
             if !keys.any().await? {

@@ -4,7 +4,8 @@ use std::time::Duration;
 
 use migrations::{Migrator, MigratorTrait};
 use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
-use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbErr};
+use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr};
+use tokio::time::MissedTickBehavior;
 
 /// How long a SQLite writer waits for the write lock before giving up. Writers queue on
 /// `BEGIN IMMEDIATE`; this bounds the wait under heavy contention.
@@ -17,6 +18,15 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// A pooled connection idle this long is pinged before it is handed out.
 const PING_WHEN_IDLE_FOR: Duration = Duration::from_secs(1);
+
+/// How often [`spawn_checkpoints`] copies SQLite's write-ahead log into the database file.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
+
+/// The write-ahead log's length (in pages, 4 KiB each) at which a committing SQLite writer
+/// checkpoints it itself: a backstop for when no [`spawn_checkpoints`] runs. (SQLite's default
+/// of 1,000 makes every few hundred updates wait for a checkpoint, and every writer queued
+/// behind them.)
+const WAL_BACKSTOP_PAGES: u32 = 10_000;
 
 /// Opens a pool on `url` (`sqlite://…` or `postgres://…`). A SQLite file is created when
 /// missing and put in WAL mode, so readers never wait for the one writer.
@@ -36,11 +46,77 @@ pub async fn connect(url: &str) -> Result<DatabaseConnection, DbErr> {
                 .synchronous(SqliteSynchronous::Normal)
                 .foreign_keys(true)
                 .busy_timeout(SQLITE_BUSY_TIMEOUT)
+                // Checkpoints run beside the writers ([`spawn_checkpoints`]); a writer
+                // checkpoints only when the log has grown this far (pages) without them.
+                .pragma("wal_autocheckpoint", WAL_BACKSTOP_PAGES.to_string())
         });
     Database::connect(options).await
+}
+
+/// Checkpoints SQLite's write-ahead log every [`CHECKPOINT_EVERY`] while the server runs, beside
+/// the writers rather than in one's commit (`PASSIVE`: it waits for no one and no one waits for
+/// it). Does nothing on PostgreSQL.
+pub fn spawn_checkpoints(db: DatabaseConnection) {
+    if db.get_database_backend() != DbBackend::Sqlite {
+        return;
+    }
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(CHECKPOINT_EVERY);
+        every.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            every.tick().await;
+            if let Err(err) = db.execute_unprepared("PRAGMA wal_checkpoint(PASSIVE)").await {
+                tracing::warn!(error = %err, "could not checkpoint the write-ahead log");
+            }
+        }
+    });
 }
 
 /// Applies every pending migration.
 pub async fn migrate(db: &DatabaseConnection) -> Result<(), DbErr> {
     Migrator::up(db, None).await
+}
+
+#[cfg(test)]
+mod tests {
+    use sea_orm::{FromQueryResult, Statement};
+
+    use super::*;
+
+    /// Of `PRAGMA wal_checkpoint`'s answer: the frames in the log.
+    #[derive(Debug, FromQueryResult)]
+    struct Wal {
+        log: i64,
+    }
+
+    async fn wal(db: &DatabaseConnection) -> Wal {
+        let pragma = Statement::from_string(DbBackend::Sqlite, "PRAGMA wal_checkpoint(PASSIVE)");
+        Wal::find_by_statement(pragma).one(db).await.unwrap().unwrap()
+    }
+
+    async fn write(db: &DatabaseConnection, rows: usize) {
+        for n in 0..rows {
+            db.execute_unprepared(&format!("INSERT INTO t VALUES ({n}, randomblob(2000))"))
+                .await
+                .unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn writers_leave_checkpoints_to_the_background_task_which_keeps_the_log_short() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("wal.db").display());
+        let db = connect(&url).await.unwrap();
+        db.execute_unprepared("CREATE TABLE t (n INTEGER, b BLOB)")
+            .await
+            .unwrap();
+        spawn_checkpoints(db.clone());
+        // 1,200 commits of a page or two each: no writer checkpoints (the backstop is far).
+        write(&db, 1200).await;
+        tokio::time::sleep(CHECKPOINT_EVERY * 3).await;
+        // The task checkpointed the whole log, so it starts over at the next commit.
+        write(&db, 1).await;
+        let after = wal(&db).await;
+        assert!(after.log < 10, "{after:?}");
+    }
 }
