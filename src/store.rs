@@ -14,9 +14,10 @@
 //!   after one failed attempt, rather than compare-and-swap in a loop, because a hot profile
 //!   would otherwise make writers retry again and again and fail under load. A profile whose
 //!   first attempt lost a race is remembered as contended while updates of it keep coming
-//!   ([`CONTENDED_FOR`]): this replica's updates of it then take turns, so that each one's
-//!   attempt finds the version the previous one wrote (a writer on another replica can still
-//!   win a race, and then the loser takes the row lock as above).
+//!   ([`CONTENDED_FOR`]): this replica's updates of it then take turns, each starting from the
+//!   profile as the previous one wrote it, so that each one's attempt is a single write at the
+//!   version the previous one wrote (a writer on another replica can still win a race, and then
+//!   the loser reads the profile and, losing again, takes the row lock as above).
 //! - SQLite: writes take turns in this process first (a queue in memory rather than SQLite's
 //!   busy handler, which polls with sleeps of up to 100 ms), then begin with `BEGIN
 //!   IMMEDIATE`, which takes the database's one write lock up front (against other processes). A deferred transaction that reads and then writes fails at once with SQLITE_BUSY
@@ -33,7 +34,7 @@
 //! PostgreSQL, after the commit on SQLite. A change that rolls back leaves neither.
 
 use std::sync::{Arc, LazyLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::OwnedMutexGuard;
 
@@ -94,6 +95,11 @@ impl Parts {
         groups: false,
         custom: false,
     };
+
+    /// Whether `other` reads at least every part this reads.
+    fn within(self, other: Self) -> bool {
+        (!self.groups || other.groups) && (!self.custom || other.custom)
+    }
 
     /// Every part either reads.
     pub fn union(self, other: Self) -> Self {
@@ -181,12 +187,26 @@ pub struct Page {
 /// How long a profile whose optimistic update lost a race stays contended after its last
 /// update (PostgreSQL): long enough to span the gaps in a burst of writers.
 const CONTENDED_FOR: Duration = Duration::from_secs(1);
-/// Most contended profiles remembered at once; more are rare, and forgetting one only costs it
-/// a lost race.
-const MAX_CONTENDED: u64 = 10_000;
+/// Most contended profiles remembered at once, each with the profile as last written; more
+/// are rare, and forgetting one only costs it a lost race.
+const MAX_CONTENDED: u64 = 1_000;
+
+/// A turn that writes take one at a time.
+type Turn = Arc<tokio::sync::Mutex<()>>;
 
 /// The turn that this replica's updates of one contended profile take, one at a time.
-type Turn = Arc<tokio::sync::Mutex<()>>;
+type HotTurn = Arc<tokio::sync::Mutex<HotProfile>>;
+
+/// What the updates of a contended profile pass on to the next in turn (see [`Store::update`]).
+#[derive(Debug, Default)]
+struct HotProfile {
+    /// The profile as the last of them wrote it, when it can stand in for a read.
+    last: Option<ProfileView>,
+    /// When a remembered profile last turned out stale: someone else (another replica, or a
+    /// write that is not an update) wrote in between. For [`CONTENDED_FOR`] after that, writes
+    /// are not remembered, since the profile's writers are not all here.
+    stale_at: Option<Instant>,
+}
 
 /// Handle on the database and this replica's change feed; cheap to clone.
 #[derive(Debug, Clone)]
@@ -195,7 +215,7 @@ pub struct Store {
     feed: Feed,
     /// Profiles (by tenant and the key updates name them by) whose optimistic update lost a
     /// race, updated within the last [`CONTENDED_FOR`].
-    contended: moka::sync::Cache<(Uuid, ProfileKey), Turn>,
+    contended: moka::sync::Cache<(Uuid, ProfileKey), HotTurn>,
     /// The turn of this process's write transactions on SQLite, which has one writer at a time.
     sqlite_writer: Turn,
 }
@@ -398,7 +418,8 @@ impl Store {
     /// the locking transaction below, which waits for that writer instead of retrying, so a
     /// hot profile costs one wasted read per update at most; and from then on, while its
     /// updates keep coming, this replica's updates of it take turns, so that they do not
-    /// race each other at all. SQLite (in process, one writer at a time) always takes the
+    /// race each other at all, and each starts from the profile as the previous one wrote it
+    /// (one round trip). SQLite (in process, one writer at a time) always takes the
     /// transaction.
     pub async fn update(
         &self,
@@ -417,28 +438,47 @@ impl Store {
         if on_postgres {
             let slot = (tenant.0, key.clone());
             // Held until the update is stored, or has failed.
-            let _turn = match self.contended.get(&slot) {
+            let mut turn = match self.contended.get(&slot) {
                 Some(turn) => Some(turn.lock_owned().await),
                 None => None,
             };
-            let loaded = load(&self.db, tenant, key, false, parts)
+            // The profile as the previous update in turn wrote it stands in for a read when it
+            // holds every part needed. It may be stale (another replica, or a write other than
+            // an update, got in between), so it is trusted only when its write applies, which
+            // it does only at the version it holds; otherwise the update reads as usual.
+            let last = turn.as_mut().and_then(|hot| hot.last.take());
+            if let Some(before) = last.filter(|last| parts.within(last.parts))
+                && let Ok(Plan::Write(write)) = plan(before, change, update)
+            {
+                if write_postgres(&self.db, tenant, &write, update.operation, actor, change).await? {
+                    remember(turn.as_deref_mut(), key, &write.updated.profile);
+                    return Ok(write.updated);
+                }
+                if let Some(hot) = turn.as_deref_mut() {
+                    hot.stale_at = Some(Instant::now());
+                }
+            }
+            let before = load(&self.db, tenant, key, false, parts)
                 .await?
-                .ok_or_else(|| Fault::not_found("profile"))?;
-            match plan(loaded, parts, change, update)? {
+                .ok_or_else(|| Fault::not_found("profile"))?
+                .into_view(parts)?;
+            match plan(before, change, update)? {
                 Plan::Unchanged(updated) => return Ok(updated),
                 Plan::Write(write) => {
                     if write_postgres(&self.db, tenant, &write, update.operation, actor, change).await? {
+                        remember(turn.as_deref_mut(), key, &write.updated.profile);
                         return Ok(write.updated);
                     }
-                    self.contended.get_with(slot, Turn::default);
+                    self.contended.get_with(slot, HotTurn::default);
                 }
             }
         }
         let (tx, _turn) = self.begin_write().await?;
-        let loaded = load(&tx, tenant, key, true, parts)
+        let before = load(&tx, tenant, key, true, parts)
             .await?
-            .ok_or_else(|| Fault::not_found("profile"))?;
-        let write = match plan(loaded, parts, change, update)? {
+            .ok_or_else(|| Fault::not_found("profile"))?
+            .into_view(parts)?;
+        let write = match plan(before, change, update)? {
             Plan::Unchanged(updated) => {
                 tx.rollback().await?;
                 return Ok(updated);
@@ -1063,14 +1103,14 @@ struct Write {
     updated: Updated,
 }
 
-/// Checks `update`'s conditions on the profile `loaded` holds (with `parts`, which include
-/// every part `change` touches) and applies `change` to it.
-fn plan(loaded: Loaded, parts: Parts, change: &ChangeSet, update: &Update<'_>) -> Result<Plan> {
+/// Checks `update`'s conditions on the profile `before` (read with every part `change`
+/// touches) and applies `change` to it.
+fn plan(before: ProfileView, change: &ChangeSet, update: &Update<'_>) -> Result<Plan> {
     let ProfileView {
         profile: before,
         custom_fields,
         parts,
-    } = loaded.into_view(parts)?;
+    } = before;
     if before.status == ProfileStatus::Closed {
         return Err(Fault::new(Code::ProfileClosed, "This profile is CLOSED and accepts no updates.").into());
     }
@@ -1105,6 +1145,23 @@ fn plan(loaded: Loaded, parts: Parts, change: &ChangeSet, update: &Update<'_>) -
         true => Plan::Unchanged(updated),
         false => Plan::Write(Write { before, updated }),
     })
+}
+
+/// Keeps `written`, as an update in turn stored it, for the next update of the profile `key`
+/// names to start from. Not with custom values: a custom field defined meanwhile would not be
+/// in its definitions, and defining one changes no profile's version.
+fn remember(hot: Option<&mut HotProfile>, key: &ProfileKey, written: &ProfileView) {
+    let still_named = match key {
+        ProfileKey::ExternalId(external_id) => written.profile.external_id() == Some(external_id.as_str()),
+        ProfileKey::Id(_) | ProfileKey::SerialNumber(_) => true,
+    };
+    if let Some(hot) = hot
+        && hot.stale_at.is_none_or(|at| at.elapsed() >= CONTENDED_FOR)
+        && still_named
+        && !written.parts.custom
+    {
+        hot.last = Some(written.clone());
+    }
 }
 
 /// The statement that stores an update on PostgreSQL: the profile row (only if it is still at
