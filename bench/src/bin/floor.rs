@@ -15,6 +15,10 @@ struct Cli {
     pool_size: u32,
 }
 
+/// The allocator profile-gateway runs on, so that the floor stays a floor.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let cli = Cli::parse();
