@@ -1065,6 +1065,11 @@ impl Report {
             };
             let _ = writeln!(md, "| {} | {} | {met} |", v.target, v.measured);
         }
+        let _ = writeln!(
+            md,
+            "\nWhat bounds each missed target, what was profiled and what was fixed: \
+             bench/results/README.md, which discusses the latest committed run."
+        );
         if !self.peak_rss.is_empty() {
             let _ = writeln!(md, "\n## Peak memory (RSS)\n");
             for (kind, mib) in &self.peak_rss {
