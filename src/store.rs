@@ -43,21 +43,24 @@ use sea_orm::sea_query::{Expr, ExprTrait, OnConflict};
 use sea_orm::{
     AccessMode, ActiveModelTrait, ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait, DatabaseConnection,
     DatabaseExecutor, DatabaseTransaction, DbBackend, DbErr, EntityTrait, FromQueryResult, IdenStatic, IsolationLevel,
-    Iterable, ModelTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, QueryTrait, Select,
-    SqliteTransactionMode, Statement, TransactionOptions, TransactionTrait, Value,
+    Iterable, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, QueryTrait, Select, SqliteTransactionMode,
+    Statement, TransactionOptions, TransactionTrait, Value,
 };
-use serde_json::Map;
 use uuid::Uuid;
 
 use crate::domain::{
-    ChangeSet, CustomFieldDefinition, CustomFieldType, Field, FieldChange, MemberType, NewCustomField, Profile,
-    ProfileKey, ProfileStatus, Scalar,
+    ChangeSet, CustomFieldDefinition, CustomFieldType, Field, FieldChange, NewCustomField, Profile, ProfileKey,
+    ProfileStatus, Scalar,
 };
 use crate::entity::{
     custom_field_definition, custom_field_value, profile, profile_change, profile_group, profile_tag, tenant,
 };
 use crate::error::{Code, Error, Fault, Result, external_id_conflict};
 use crate::feed::{self, Feed, Notice};
+
+mod row;
+
+use row::Loaded;
 
 /// The tenant a request acts for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -848,21 +851,6 @@ async fn used_values(
     Ok(used)
 }
 
-/// A profile row with everything it owns, as one statement reads them (see [`with_owned`]).
-#[derive(Debug, FromQueryResult)]
-struct Loaded {
-    #[sea_orm(nested)]
-    row: profile::Model,
-    /// `[[key, value], …]`
-    owned_tags: serde_json::Value,
-    /// `[name, …]`, when read.
-    owned_groups: Option<serde_json::Value>,
-    /// `[[custom field id, value], …]`, when read.
-    owned_custom: Option<serde_json::Value>,
-    /// `[[id, name, type, options, max length], …]`: the tenant's custom fields, when read.
-    definitions: Option<serde_json::Value>,
-}
-
 /// The SQL that reads what a profile owns beside its row, per backend: JSON arrays built by
 /// correlated subqueries, so a profile with its tags, groups, custom values and its tenant's
 /// custom field definitions is one statement and one round trip.
@@ -908,11 +896,12 @@ fn with_owned(
         _ => &SQLITE_OWNED,
     };
     let part = |wanted: bool, subquery: &'static str| Expr::cust(if wanted { subquery } else { sql.null });
+    let [tags, groups, custom, definitions_as] = row::OWNED;
     select
-        .expr_as(Expr::cust(sql.tags), "owned_tags")
-        .expr_as(part(parts.groups, sql.groups), "owned_groups")
-        .expr_as(part(parts.custom, sql.custom), "owned_custom")
-        .expr_as(part(parts.custom && definitions, sql.definitions), "definitions")
+        .expr_as(Expr::cust(sql.tags), tags)
+        .expr_as(part(parts.groups, sql.groups), groups)
+        .expr_as(part(parts.custom, sql.custom), custom)
+        .expr_as(part(parts.custom && definitions, sql.definitions), definitions_as)
 }
 
 /// The profile `key` names with its tags and `parts` (custom values with the tenant's custom
@@ -1015,7 +1004,7 @@ impl Loaded {
     }
 
     fn into_profile(self, custom_fields: &[CustomFieldDefinition]) -> Result<Profile> {
-        let mut profile = profile_from_row(self.row)?;
+        let mut profile = self.profile;
         for tag in json_rows(self.owned_tags, "tags")? {
             match tag {
                 serde_json::Value::Array(pair) => match <[serde_json::Value; 2]>::try_from(pair) {
@@ -1452,46 +1441,6 @@ fn column(field: Field) -> profile::Column {
         Field::Biography => C::Biography,
         Field::Category => C::Category,
     }
-}
-
-fn profile_from_row(row: profile::Model) -> Result<Profile> {
-    let mut fields = std::collections::BTreeMap::new();
-    for field in Field::ALL {
-        let scalar = match (field, row.get(column(field))) {
-            (Field::MemberType, Value::String(Some(s))) => {
-                Some(Scalar::MemberType(MemberType::parse(&s).ok_or_else(|| {
-                    internal(format!("profile {} has member type {s:?}", row.id))
-                })?))
-            }
-            (_, Value::String(Some(s))) => Some(Scalar::Text(s)),
-            (_, Value::Bool(Some(b))) => Some(Scalar::Flag(b)),
-            (_, Value::Double(Some(n))) => Some(Scalar::Number(n)),
-            _ => None,
-        };
-        if let Some(scalar) = scalar {
-            fields.insert(field, scalar);
-        }
-    }
-    let status = ProfileStatus::parse(&row.status)
-        .ok_or_else(|| internal(format!("profile {} has status {:?}", row.id, row.status)))?;
-    let attributes = match row.attributes {
-        serde_json::Value::Object(map) => map,
-        serde_json::Value::Null => Map::new(),
-        other => return Err(internal(format!("profile {} has attributes {other}", row.id))),
-    };
-    Ok(Profile {
-        id: row.id,
-        serial_number: row.serial_number,
-        status,
-        fields,
-        attributes,
-        tags: Default::default(),
-        groups: Default::default(),
-        custom: Default::default(),
-        version: row.version,
-        created_at: row.created_at,
-        updated_at: row.updated_at,
-    })
 }
 
 impl profile::ActiveModel {
