@@ -76,11 +76,16 @@ pub struct ProfileView {
     pub parts: Parts,
 }
 
-/// What a read fetches beside the profile row and its tags. Each part costs the database a
-/// subquery per profile (custom values also the tenant's custom field definitions), so a
-/// read leaves out what its caller will not show.
+/// What a read fetches of a profile beside its id, serial number, status, version, times and
+/// tags. Each part costs the database: the standard fields are 25 columns, the attributes a
+/// JSON document to send, groups and custom values a subquery per profile (custom values also
+/// the tenant's custom field definitions); so a read leaves out what its caller will not show.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Parts {
+    /// The standard fields: every [`Field`] (`name`, `email`, …).
+    pub fields: bool,
+    /// The attribute map.
+    pub attributes: bool,
     /// The profile's groups.
     pub groups: bool,
     /// Its custom values, with the tenant's custom field definitions that name them.
@@ -90,45 +95,73 @@ pub struct Parts {
 impl Parts {
     /// Everything a profile owns: what a write reads, and what it returns.
     pub const ALL: Self = Self {
+        fields: true,
+        attributes: true,
         groups: true,
         custom: true,
     };
-    /// The row and its tags only.
+    /// The profile's row (its standard fields and attributes too) and its tags.
     pub const ROW: Self = Self {
+        fields: true,
+        attributes: true,
         groups: false,
         custom: false,
     };
 
     /// Whether `other` reads at least every part this reads.
     fn within(self, other: Self) -> bool {
-        (!self.groups || other.groups) && (!self.custom || other.custom)
+        self.union(other) == other
     }
 
     /// Every part either reads.
     pub fn union(self, other: Self) -> Self {
         Self {
+            fields: self.fields || other.fields,
+            attributes: self.attributes || other.attributes,
             groups: self.groups || other.groups,
             custom: self.custom || other.custom,
         }
     }
 
-    /// Where [`load_statement`] keeps this combination's text.
+    /// How many combinations of parts there are.
+    const COMBINATIONS: usize = 16;
+
+    /// Where [`load_statement`] keeps this combination's text: below [`Self::COMBINATIONS`].
     fn index(self) -> usize {
-        usize::from(self.groups) * 2 + usize::from(self.custom)
+        usize::from(self.fields) << 3
+            | usize::from(self.attributes) << 2
+            | usize::from(self.groups) << 1
+            | usize::from(self.custom)
     }
 
-    const EVERY: [Self; 4] = [
-        Self::ROW,
+    /// The combination at `index`.
+    fn at(index: usize) -> Self {
         Self {
-            groups: false,
-            custom: true,
-        },
-        Self {
-            groups: true,
-            custom: false,
-        },
-        Self::ALL,
-    ];
+            fields: index & 8 != 0,
+            attributes: index & 4 != 0,
+            groups: index & 2 != 0,
+            custom: index & 1 != 0,
+        }
+    }
+
+    /// Every combination, in the order of their indices.
+    fn every() -> impl Iterator<Item = Self> {
+        (0..Self::COMBINATIONS).map(Self::at)
+    }
+
+    /// Whether a read with these parts reads `wanted`, a column of the profile row.
+    fn reads(self, wanted: profile::Column) -> bool {
+        match wanted {
+            profile::Column::Attributes => self.attributes,
+            _ if Field::ALL
+                .into_iter()
+                .any(|field| column(field) as usize == wanted as usize) =>
+            {
+                self.fields
+            }
+            _ => true,
+        }
+    }
 }
 
 /// Who makes a change, as its history record names them.
@@ -354,7 +387,7 @@ impl Store {
         if let Some(after) = after {
             condition = condition.add(profile::Column::SerialNumber.gt(after));
         }
-        let mut rows = with_owned(profile::Entity::find(), self.db.get_database_backend(), parts, false)
+        let mut rows = with_owned(self.db.get_database_backend(), parts, false)
             .filter(condition)
             .order_by_asc(profile::Column::SerialNumber)
             .limit(first + 1)
@@ -433,8 +466,11 @@ impl Store {
         actor: &Actor,
     ) -> Result<Updated> {
         let on_postgres = self.db.get_database_backend() == DbBackend::Postgres;
-        // A part the change set does not touch is neither read nor written, unless shown.
+        // Groups or custom values the change set does not touch are neither read nor written,
+        // unless shown; the row is always read whole, as the write stores it whole.
         let parts = update.shows.union(Parts {
+            fields: true,
+            attributes: true,
             groups: change.touches_groups(),
             custom: change.touches_custom(),
         });
@@ -882,23 +918,24 @@ const SQLITE_OWNED: OwnedSql = OwnedSql {
     null: "NULL",
 };
 
-/// `select` with the columns [`Loaded`] reads beside the profile row: its tags, the `parts`
-/// it owns, and the tenant's custom field definitions when `definitions` (and `parts.custom`)
+/// A select of the profile row's columns, each in its place, with NULL in place of those the
+/// `parts` leave out, and beside them the columns [`Loaded`] reads: its tags, the `parts` it
+/// owns, and the tenant's custom field definitions when `definitions` (and `parts.custom`)
 /// asks.
-fn with_owned(
-    select: Select<profile::Entity>,
-    backend: DbBackend,
-    parts: Parts,
-    definitions: bool,
-) -> Select<profile::Entity> {
+fn with_owned(backend: DbBackend, parts: Parts, definitions: bool) -> Select<profile::Entity> {
     let sql = match backend {
         DbBackend::Postgres => &POSTGRES_OWNED,
         _ => &SQLITE_OWNED,
     };
+    let row = profile::Column::iter().fold(profile::Entity::find().select_only(), |select, column| {
+        match parts.reads(column) {
+            true => select.column(column),
+            false => select.expr_as(Expr::cust("NULL"), column.as_str()),
+        }
+    });
     let part = |wanted: bool, subquery: &'static str| Expr::cust(if wanted { subquery } else { sql.null });
     let [tags, groups, custom, definitions_as] = row::OWNED;
-    select
-        .expr_as(Expr::cust(sql.tags), tags)
+    row.expr_as(Expr::cust(sql.tags), tags)
         .expr_as(part(parts.groups, sql.groups), groups)
         .expr_as(part(parts.custom, sql.custom), custom)
         .expr_as(part(parts.custom && definitions, sql.definitions), definitions_as)
@@ -933,7 +970,7 @@ fn load_statement(backend: DbBackend, tenant: TenantId, key: &ProfileKey, lock: 
             .flat_map(|backend| {
                 keys.iter().flat_map(move |key| {
                     [false, true].into_iter().flat_map(move |lock| {
-                        Parts::EVERY.map(|parts| {
+                        Parts::every().map(move |parts| {
                             load_select(backend, TenantId(Uuid::nil()), key, lock, parts)
                                 .build(backend)
                                 .sql
@@ -950,7 +987,7 @@ fn load_statement(backend: DbBackend, tenant: TenantId, key: &ProfileKey, lock: 
     };
     // Only PostgreSQL and SQLite are served: no other driver is built in.
     let backend_index = usize::from(backend != DbBackend::Postgres);
-    let text = &TEXTS[((backend_index * 3 + key_index) * 2 + usize::from(lock)) * Parts::EVERY.len() + parts.index()];
+    let text = &TEXTS[((backend_index * 3 + key_index) * 2 + usize::from(lock)) * Parts::COMBINATIONS + parts.index()];
     // The values in the order `load_select` binds them: tenant, key, then `one`'s LIMIT 1.
     Statement::from_sql_and_values(backend, text.as_str(), [tenant.0.into(), key_value, 1u64.into()])
 }
@@ -968,7 +1005,7 @@ fn load_select(
         ProfileKey::ExternalId(external_id) => profile::Column::ExternalId.eq(external_id.as_str()),
         ProfileKey::SerialNumber(serial) => profile::Column::SerialNumber.eq(*serial),
     };
-    let mut query = with_owned(profile::Entity::find(), backend, parts, true)
+    let mut query = with_owned(backend, parts, true)
         .filter(profile::Column::TenantId.eq(tenant.0))
         .filter(by_key);
     if lock {
@@ -1483,6 +1520,28 @@ mod tests {
     use super::*;
 
     #[test]
+    fn each_combination_of_parts_has_its_own_index() {
+        let indices: Vec<usize> = Parts::every().map(Parts::index).collect();
+        assert_eq!(indices, (0..Parts::COMBINATIONS).collect::<Vec<_>>());
+        assert_eq!(Parts::ALL.index(), Parts::COMBINATIONS - 1);
+    }
+
+    #[test]
+    fn a_read_leaves_out_only_the_columns_of_the_parts_it_leaves_out() {
+        let bare = Parts::at(0);
+        let read = |parts: Parts| profile::Column::iter().filter(|&c| parts.reads(c)).count();
+        let width = profile::Column::iter().count();
+        assert_eq!(read(Parts::ALL), width);
+        assert_eq!(read(Parts::ROW), width);
+        assert!(Field::ALL.into_iter().all(|field| !bare.reads(column(field))));
+        assert!(!bare.reads(profile::Column::Attributes));
+        assert_eq!(read(bare), width - Field::ALL.len() - 1);
+        for kept in [profile::Column::Id, profile::Column::Status, profile::Column::Version] {
+            assert!(bare.reads(kept), "{}", kept.as_str());
+        }
+    }
+
+    #[test]
     fn a_remembered_load_statement_is_the_one_sea_query_builds() {
         let tenant = TenantId(Uuid::new_v4());
         let keys = [
@@ -1493,7 +1552,7 @@ mod tests {
         for backend in [DbBackend::Postgres, DbBackend::Sqlite] {
             for key in &keys {
                 for lock in [false, true] {
-                    for parts in Parts::EVERY {
+                    for parts in Parts::every() {
                         let built = load_select(backend, tenant, key, lock, parts).build(backend);
                         let remembered = load_statement(backend, tenant, key, lock, parts);
                         let case = format!("{backend:?} {key:?} {lock} {parts:?}");

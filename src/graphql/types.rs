@@ -228,14 +228,26 @@ impl Profile {
     /// What of a profile to read for `selection`, the look-ahead of a field whose type is
     /// `Profile`: only the fields that show a part need it read (fragments count too).
     pub fn parts(selection: Lookahead<'_>) -> Parts {
+        let values = selection.field("values").exists();
         Parts {
+            fields: values
+                || Field::ALL
+                    .into_iter()
+                    .any(|field| selection.field(field.name()).exists()),
+            attributes: selection.field("attributes").exists(),
             groups: selection.field("groups").exists(),
-            custom: selection.field("customFields").exists() || selection.field("values").exists(),
+            custom: values || selection.field("customFields").exists(),
         }
     }
 
-    fn text(&self, field: Field) -> Option<&str> {
-        self.0.profile.text(field)
+    /// The profile's standard fields, which [`Profile::parts`] reads when any is shown.
+    fn fields(&self) -> Result<&crate::domain::Profile> {
+        self.require(self.0.parts.fields, "standard fields")?;
+        Ok(&self.0.profile)
+    }
+
+    fn text(&self, field: Field) -> Result<Option<&str>> {
+        Ok(self.fields()?.text(field))
     }
 
     /// Fails when the profile was read without `part`, which [`Profile::parts`] should have
@@ -318,7 +330,7 @@ impl Profile {
     }
 
     /// Your own id for this profile, unique within the tenant.
-    async fn external_id(&self) -> Option<&str> {
+    async fn external_id(&self) -> Result<Option<&str>> {
         self.text(Field::ExternalId)
     }
 
@@ -328,128 +340,129 @@ impl Profile {
     }
 
     /// Whether the profile stands for a person or a team.
-    async fn member_type(&self) -> Option<MemberType> {
-        self.0.profile.member_type().map(Into::into)
+    async fn member_type(&self) -> Result<Option<MemberType>> {
+        Ok(self.fields()?.member_type().map(Into::into))
     }
 
     /// Display name.
-    async fn name(&self) -> Option<&str> {
+    async fn name(&self) -> Result<Option<&str>> {
         self.text(Field::Name)
     }
 
     /// E-mail address.
-    async fn email(&self) -> Option<&str> {
+    async fn email(&self) -> Result<Option<&str>> {
         self.text(Field::Email)
     }
 
     /// Role, as the shop dialect sets it.
-    async fn role(&self) -> Option<&str> {
+    async fn role(&self) -> Result<Option<&str>> {
         self.text(Field::Role)
     }
 
     /// Whether the person agreed to marketing.
-    async fn marketing_consent(&self) -> Option<bool> {
-        self.0.profile.flag(Field::MarketingConsent)
+    async fn marketing_consent(&self) -> Result<Option<bool>> {
+        Ok(self.fields()?.flag(Field::MarketingConsent))
     }
 
     /// Whether the person accepts marketing e-mail.
-    async fn accepts_marketing(&self) -> Option<bool> {
-        self.0.profile.flag(Field::AcceptsMarketing)
+    async fn accepts_marketing(&self) -> Result<Option<bool>> {
+        Ok(self.fields()?.flag(Field::AcceptsMarketing))
     }
 
     /// Given name.
-    async fn first_name(&self) -> Option<&str> {
+    async fn first_name(&self) -> Result<Option<&str>> {
         self.text(Field::FirstName)
     }
 
     /// Family name.
-    async fn last_name(&self) -> Option<&str> {
+    async fn last_name(&self) -> Result<Option<&str>> {
         self.text(Field::LastName)
     }
 
     /// Job title.
-    async fn title(&self) -> Option<&str> {
+    async fn title(&self) -> Result<Option<&str>> {
         self.text(Field::Title)
     }
 
     /// Company or organisation.
-    async fn organization(&self) -> Option<&str> {
+    async fn organization(&self) -> Result<Option<&str>> {
         self.text(Field::Organization)
     }
 
     /// Phone number, as written.
-    async fn phone_number(&self) -> Option<&str> {
+    async fn phone_number(&self) -> Result<Option<&str>> {
         self.text(Field::PhoneNumber)
     }
 
     /// First line of the postal address.
-    async fn address(&self) -> Option<&str> {
+    async fn address(&self) -> Result<Option<&str>> {
         self.text(Field::Address)
     }
 
     /// Second line of the postal address.
-    async fn address2(&self) -> Option<&str> {
+    async fn address2(&self) -> Result<Option<&str>> {
         self.text(Field::Address2)
     }
 
     /// City.
-    async fn city(&self) -> Option<&str> {
+    async fn city(&self) -> Result<Option<&str>> {
         self.text(Field::City)
     }
 
     /// State or region.
-    async fn state_region(&self) -> Option<&str> {
+    async fn state_region(&self) -> Result<Option<&str>> {
         self.text(Field::StateRegion)
     }
 
     /// Postal code.
-    async fn zip_code(&self) -> Option<&str> {
+    async fn zip_code(&self) -> Result<Option<&str>> {
         self.text(Field::ZipCode)
     }
 
     /// Country.
-    async fn country(&self) -> Option<&str> {
+    async fn country(&self) -> Result<Option<&str>> {
         self.text(Field::Country)
     }
 
     /// Latitude in degrees, -90 to 90.
-    async fn latitude(&self) -> Option<f64> {
-        self.0.profile.number(Field::Latitude)
+    async fn latitude(&self) -> Result<Option<f64>> {
+        Ok(self.fields()?.number(Field::Latitude))
     }
 
     /// Longitude in degrees, -180 to 180.
-    async fn longitude(&self) -> Option<f64> {
-        self.0.profile.number(Field::Longitude)
+    async fn longitude(&self) -> Result<Option<f64>> {
+        Ok(self.fields()?.number(Field::Longitude))
     }
 
     /// Time zone, such as "Europe/London".
-    async fn timezone(&self) -> Option<&str> {
+    async fn timezone(&self) -> Result<Option<&str>> {
         self.text(Field::Timezone)
     }
 
     /// Preferred locale, such as "en-GB".
-    async fn locale(&self) -> Option<&str> {
+    async fn locale(&self) -> Result<Option<&str>> {
         self.text(Field::Locale)
     }
 
     /// The person's id at Klaviyo.
-    async fn klaviyo_id(&self) -> Option<&str> {
+    async fn klaviyo_id(&self) -> Result<Option<&str>> {
         self.text(Field::KlaviyoId)
     }
 
     /// Biography, up to 4,000 characters.
-    async fn biography(&self) -> Option<&str> {
+    async fn biography(&self) -> Result<Option<&str>> {
         self.text(Field::Biography)
     }
 
     /// Category, such as "VIP".
-    async fn category(&self) -> Option<&str> {
+    async fn category(&self) -> Result<Option<&str>> {
         self.text(Field::Category)
     }
 
     /// Key/value metadata, a JSON object.
-    async fn attributes(&self) -> Json<&Map<String, Value>> {
-        Json(&self.0.profile.attributes)
+    async fn attributes(&self) -> Result<Json<&Map<String, Value>>> {
+        self.require(self.0.parts.attributes, "attributes")?;
+        Ok(Json(&self.0.profile.attributes))
     }
 
     /// Tags, sorted by key.
@@ -489,7 +502,7 @@ impl Profile {
     /// Flat view: standard field names (First_Name, Email, ...) and custom field names to their values.
     async fn values(&self) -> Result<Json<Map<String, Value>>> {
         self.require(self.0.parts.custom, "custom values")?;
-        let profile = &self.0.profile;
+        let profile = self.fields()?;
         let standard = STANDARD_NAMES.iter().filter_map(|(name, field)| {
             profile
                 .text(*field)

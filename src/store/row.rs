@@ -4,8 +4,9 @@
 //! error message that it then throws away; a profile has 25 optional columns, most of them
 //! NULL, and on a page of 50 profiles that was a tenth of the server's CPU. Here each column is
 //! read by its place in the SELECT list, which [`super::with_owned`] builds as the entity's
-//! columns in declaration order followed by the owned parts, straight into the domain's
-//! [`Profile`], through the same sqlx decoders SeaORM uses.
+//! columns in declaration order (NULL in place of those a read leaves out) followed by the
+//! owned parts, straight into the domain's [`Profile`], through the same sqlx decoders SeaORM
+//! uses.
 
 use std::sync::LazyLock;
 
@@ -161,10 +162,11 @@ where
     let status: String = row.try_get(place(C::Status))?;
     let status =
         ProfileStatus::parse(&status).ok_or_else(|| Fault::Value(format!("profile {id} has status {status:?}")))?;
+    // NULL when the read left the attributes out.
     let attributes = match row.try_get(place(C::Attributes))? {
-        Value::Object(map) => map,
-        Value::Null => Map::new(),
-        other => return Err(Fault::Value(format!("profile {id} has attributes {other}"))),
+        Some(Value::Object(map)) => map,
+        None | Some(Value::Null) => Map::new(),
+        Some(other) => return Err(Fault::Value(format!("profile {id} has attributes {other}"))),
     };
     Ok(Loaded {
         profile: Profile {

@@ -60,6 +60,45 @@ on_both_databases! {
         }
     }
 
+    async fn reads_show_standard_fields_and_attributes_asked_for_anywhere_and_slim_updates_keep_them(app) {
+        let created = app
+            .create(json!({
+                "name": "Ana", "memberType": "TEAM", "email": "ana@example.com",
+                "attributes": {"plan": "gold"}, "tags": [{"key": "vip", "value": "1"}]
+            }))
+            .await;
+        let id = created["id"].as_str().unwrap();
+        let full = json!({
+            "name": "Ana", "memberType": "TEAM", "email": "ana@example.com", "attributes": {"plan": "gold"}
+        });
+        let named = app
+            .ok(
+                "query($id: ID!) { profile(ref: {id: $id}) { ...Standard ... on Profile { attributes } } }
+                 fragment Standard on Profile { name memberType email }",
+                json!({"id": id}),
+            )
+            .await;
+        assert_eq!(named["profile"], full);
+        let slim = app.ok("query($id: ID!) { profile(ref: {id: $id}) { id tags { key } } }", json!({"id": id})).await;
+        assert_eq!(slim["profile"], json!({"id": id, "tags": [{"key": "vip"}]}));
+        // A write that shows only the version still reads and writes the whole row.
+        let updated = app
+            .ok(
+                "mutation($id: ID!) { updateProfile(ref: {id: $id}, update: {scrip: {tags: [\"new\"]}}) { profile { version } } }",
+                json!({"id": id}),
+            )
+            .await;
+        assert_eq!(updated["updateProfile"]["profile"]["version"], 2);
+        let listed = app
+            .ok(
+                "{ profiles(first: 5) { nodes { id } edges { node { ... on Profile { name memberType email attributes } } } } }",
+                json!({}),
+            )
+            .await;
+        assert_eq!(listed["profiles"]["nodes"], json!([{"id": id}]));
+        assert_eq!(listed["profiles"]["edges"][0]["node"], full);
+    }
+
     async fn a_missing_profile_is_null_not_an_error(app) {
         app.create(json!({"externalId": "ana-1"})).await;
         for reference in [
