@@ -40,12 +40,15 @@ use tokio::sync::OwnedMutexGuard;
 
 use chrono::Utc;
 use sea_orm::sea_query::{Expr, ExprTrait, OnConflict};
+use sea_orm::sqlx::{self, PgConnection, PgPool};
 use sea_orm::{
-    AccessMode, ActiveModelTrait, ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait, DatabaseConnection,
-    DatabaseExecutor, DatabaseTransaction, DbBackend, DbErr, EntityTrait, FromQueryResult, IdenStatic, IsolationLevel,
-    Iterable, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, QueryTrait, Select, SqliteTransactionMode,
-    Statement, TransactionOptions, TransactionTrait, Value,
+    AccessMode, ActiveModelTrait, ActiveValue::Set, ColumnTrait, Condition, ConnAcquireErr, ConnectionTrait,
+    DatabaseConnection, DatabaseExecutor, DatabaseTransaction, DbBackend, DbErr, EntityTrait, FromQueryResult,
+    IdenStatic, IsolationLevel, Iterable, PaginatorTrait, QueryFilter, QueryOrder, QueryResult, QuerySelect,
+    QueryTrait, RuntimeErr, Select, SqliteTransactionMode, Statement, TransactionOptions, TransactionTrait, Value,
+    Values,
 };
+use sea_query_sqlx::SqlxValues;
 use uuid::Uuid;
 
 use crate::domain::{
@@ -248,6 +251,9 @@ struct HotProfile {
 #[derive(Debug, Clone)]
 pub struct Store {
     db: DatabaseConnection,
+    /// The pool under `db` when it is PostgreSQL's: an update holds one of its connections for
+    /// its read and its write (see [`Store::update`]).
+    postgres: Option<PgPool>,
     feed: Feed,
     /// Profiles (by tenant and the key updates name them by) whose optimistic update lost a
     /// race, updated within the last [`CONTENDED_FOR`].
@@ -258,8 +264,11 @@ pub struct Store {
 
 impl Store {
     pub fn new(db: DatabaseConnection) -> Self {
+        let postgres =
+            (db.get_database_backend() == DbBackend::Postgres).then(|| db.get_postgres_connection_pool().clone());
         Store {
             db,
+            postgres,
             feed: Feed::default(),
             contended: moka::sync::Cache::builder()
                 .max_capacity(MAX_CONTENDED)
@@ -455,8 +464,8 @@ impl Store {
     /// hot profile costs one wasted read per update at most; and from then on, while its
     /// updates keep coming, this replica's updates of it take turns, so that they do not
     /// race each other at all, and each starts from the profile as the previous one wrote it
-    /// (one round trip). SQLite (in process, one writer at a time) always takes the
-    /// transaction.
+    /// (one round trip). All of it runs on one connection ([`Store::update_postgres`]).
+    /// SQLite (in process, one writer at a time) always takes the transaction.
     pub async fn update(
         &self,
         tenant: TenantId,
@@ -465,7 +474,6 @@ impl Store {
         update: &Update<'_>,
         actor: &Actor,
     ) -> Result<Updated> {
-        let on_postgres = self.db.get_database_backend() == DbBackend::Postgres;
         // Groups or custom values the change set does not touch are neither read nor written,
         // unless shown; the row is always read whole, as the write stores it whole.
         let parts = update.shows.union(Parts {
@@ -474,43 +482,10 @@ impl Store {
             groups: change.touches_groups(),
             custom: change.touches_custom(),
         });
-        if on_postgres {
-            let slot = (tenant.0, key.clone());
-            // Held until the update is stored, or has failed.
-            let mut turn = match self.contended.get(&slot) {
-                Some(turn) => Some(turn.lock_owned().await),
-                None => None,
-            };
-            // The profile as the previous update in turn wrote it stands in for a read when it
-            // holds every part needed. It may be stale (another replica, or a write other than
-            // an update, got in between), so it is trusted only when its write applies, which
-            // it does only at the version it holds; otherwise the update reads as usual.
-            let last = turn.as_mut().and_then(|hot| hot.last.take());
-            if let Some(before) = last.filter(|last| parts.within(last.parts))
-                && let Ok(Plan::Write(write)) = plan(before, change, update)
-            {
-                if write_postgres(&self.db, tenant, &write, update.operation, actor, change).await? {
-                    remember(turn.as_deref_mut(), key, &write.updated.profile);
-                    return Ok(write.updated);
-                }
-                if let Some(hot) = turn.as_deref_mut() {
-                    hot.stale_at = Some(Instant::now());
-                }
-            }
-            let before = load(&self.db, tenant, key, false, parts)
-                .await?
-                .ok_or_else(|| Fault::not_found("profile"))?
-                .into_view(parts)?;
-            match plan(before, change, update)? {
-                Plan::Unchanged(updated) => return Ok(updated),
-                Plan::Write(write) => {
-                    if write_postgres(&self.db, tenant, &write, update.operation, actor, change).await? {
-                        remember(turn.as_deref_mut(), key, &write.updated.profile);
-                        return Ok(write.updated);
-                    }
-                    self.contended.get_with(slot, HotTurn::default);
-                }
-            }
+        if let Some(pool) = &self.postgres {
+            return self
+                .update_postgres(pool, tenant, key, change, update, actor, parts)
+                .await;
         }
         let (tx, _turn) = self.begin_write().await?;
         let before = load(&tx, tenant, key, true, parts)
@@ -525,24 +500,90 @@ impl Store {
             Plan::Write(write) => write,
         };
         let Updated { profile, changes } = &write.updated;
-        if on_postgres {
-            if !write_postgres(&tx, tenant, &write, update.operation, actor, change).await? {
-                return Err(internal("a profile changed while locked"));
+        let row = profile::ActiveModel::from_profile(tenant, &profile.profile)?;
+        profile::Entity::update_many()
+            .set(row)
+            .filter(profile::Column::Id.eq(profile.profile.id))
+            .exec(&tx)
+            .await
+            .map_err(|err| on_external_id(err, change))?;
+        save_children(&tx, &write.before, &profile.profile, &profile.custom_fields).await?;
+        let notice = record(&tx, tenant, &profile.profile, update.operation, changes, actor).await?;
+        tx.commit().await?;
+        self.announce(notice);
+        Ok(write.updated)
+    }
+
+    /// [`Store::update`] on PostgreSQL, on one connection of `pool` from the first statement
+    /// to the last. SeaORM would take a connection from the pool for each statement, and sqlx
+    /// checks every connection that goes back to its pool with a round trip of its own, so
+    /// holding one saves the database a round trip per update.
+    #[allow(clippy::too_many_arguments)]
+    async fn update_postgres(
+        &self,
+        pool: &PgPool,
+        tenant: TenantId,
+        key: &ProfileKey,
+        change: &ChangeSet,
+        update: &Update<'_>,
+        actor: &Actor,
+        parts: Parts,
+    ) -> Result<Updated> {
+        let slot = (tenant.0, key.clone());
+        // Held until the update is stored, or has failed.
+        let mut turn = match self.contended.get(&slot) {
+            Some(turn) => Some(turn.lock_owned().await),
+            None => None,
+        };
+        // Taken after the turn, so that updates waiting for their turn hold no connection.
+        let mut conn = pool.acquire().await.map_err(acquire_err)?;
+        // The profile as the previous update in turn wrote it stands in for a read when it
+        // holds every part needed. It may be stale (another replica, or a write other than
+        // an update, got in between), so it is trusted only when its write applies, which
+        // it does only at the version it holds; otherwise the update reads as usual.
+        let last = turn.as_mut().and_then(|hot| hot.last.take());
+        if let Some(before) = last.filter(|last| parts.within(last.parts))
+            && let Ok(Plan::Write(write)) = plan(before, change, update)
+        {
+            if write_postgres(&mut conn, tenant, &write, update.operation, actor, change).await? {
+                remember(turn.as_deref_mut(), key, &write.updated.profile);
+                return Ok(write.updated);
             }
-            tx.commit().await?;
-        } else {
-            let row = profile::ActiveModel::from_profile(tenant, &profile.profile)?;
-            profile::Entity::update_many()
-                .set(row)
-                .filter(profile::Column::Id.eq(profile.profile.id))
-                .exec(&tx)
-                .await
-                .map_err(|err| on_external_id(err, change))?;
-            save_children(&tx, &write.before, &profile.profile, &profile.custom_fields).await?;
-            let notice = record(&tx, tenant, &profile.profile, update.operation, changes, actor).await?;
-            tx.commit().await?;
-            self.announce(notice);
+            if let Some(hot) = turn.as_deref_mut() {
+                hot.stale_at = Some(Instant::now());
+            }
         }
+        let before = load_postgres(&mut conn, tenant, key, false, parts)
+            .await?
+            .ok_or_else(|| Fault::not_found("profile"))?
+            .into_view(parts)?;
+        match plan(before, change, update)? {
+            Plan::Unchanged(updated) => return Ok(updated),
+            Plan::Write(write) => {
+                if write_postgres(&mut conn, tenant, &write, update.operation, actor, change).await? {
+                    remember(turn.as_deref_mut(), key, &write.updated.profile);
+                    return Ok(write.updated);
+                }
+                self.contended.get_with(slot, HotTurn::default);
+            }
+        }
+        // Lost a race: read under the row lock, on the same connection.
+        let mut tx = sqlx::Connection::begin(&mut *conn).await.map_err(query_err)?;
+        let before = load_postgres(&mut tx, tenant, key, true, parts)
+            .await?
+            .ok_or_else(|| Fault::not_found("profile"))?
+            .into_view(parts)?;
+        let write = match plan(before, change, update)? {
+            Plan::Unchanged(updated) => {
+                tx.rollback().await.map_err(query_err)?;
+                return Ok(updated);
+            }
+            Plan::Write(write) => write,
+        };
+        if !write_postgres(&mut tx, tenant, &write, update.operation, actor, change).await? {
+            return Err(internal("a profile changed while locked"));
+        }
+        tx.commit().await.map_err(query_err)?;
         Ok(write.updated)
     }
 
@@ -955,6 +996,50 @@ async fn load<C: ConnectionTrait>(
     Ok(Loaded::find_by_statement(statement).one(conn).await?)
 }
 
+/// [`load`] on a PostgreSQL connection the caller holds.
+async fn load_postgres(
+    conn: &mut PgConnection,
+    tenant: TenantId,
+    key: &ProfileKey,
+    lock: bool,
+    parts: Parts,
+) -> Result<Option<Loaded>> {
+    let statement = load_statement(DbBackend::Postgres, tenant, key, lock, parts);
+    match query_one_postgres(conn, statement).await? {
+        Some(row) => Ok(Some(Loaded::from_query_result(&row, "")?)),
+        None => Ok(None),
+    }
+}
+
+/// Runs `statement` on a PostgreSQL connection the caller holds, as SeaORM runs one on a
+/// connection of its pool: the same binding of values, the same prepared-statement cache.
+async fn query_one_postgres(conn: &mut PgConnection, statement: Statement) -> Result<Option<QueryResult>, DbErr> {
+    let Statement { sql, values, .. } = statement;
+    sqlx::query_with(
+        sqlx::AssertSqlSafe(sql),
+        SqlxValues(values.unwrap_or(Values(Vec::new()))),
+    )
+    .fetch_optional(conn)
+    .await
+    .map(|row| row.map(QueryResult::from))
+    .map_err(query_err)
+}
+
+/// A failure to take a connection from the pool, as SeaORM reports one.
+fn acquire_err(err: sqlx::Error) -> DbErr {
+    match err {
+        sqlx::Error::PoolTimedOut => DbErr::ConnectionAcquire(ConnAcquireErr::Timeout),
+        sqlx::Error::PoolClosed => DbErr::ConnectionAcquire(ConnAcquireErr::ConnectionClosed),
+        err => DbErr::Conn(RuntimeErr::SqlxError(err.into())),
+    }
+}
+
+/// A sqlx error as SeaORM reports one from a query, for the statements the store runs on a
+/// connection it holds.
+fn query_err(err: sqlx::Error) -> DbErr {
+    DbErr::Query(RuntimeErr::SqlxError(err.into()))
+}
+
 /// [`load`]'s statement, as [`load_select`] builds it. Its text depends only on the backend,
 /// the kind of key, `lock` and `parts`, so each text is built once: every profile read runs it, and
 /// building it (four subqueries, every column) cost more than reading the row.
@@ -1243,8 +1328,8 @@ SELECT count(*) AS applied FROM notice"#,
 
 /// Stores `write` with [`POSTGRES_WRITE`]; `false` when the profile is no longer at the
 /// version the update read (nothing was stored).
-async fn write_postgres<C: ConnectionTrait>(
-    conn: &C,
+async fn write_postgres(
+    conn: &mut PgConnection,
     tenant: TenantId,
     write: &Write,
     operation: &str,
@@ -1299,12 +1384,8 @@ async fn write_postgres<C: ConnectionTrait>(
         feed::CHANNEL.into(),
         serde_json::to_string(&notice).map_err(internal)?.into(),
     ]);
-    let applied = conn
-        .query_one_raw(Statement::from_sql_and_values(
-            DbBackend::Postgres,
-            sql.as_str(),
-            values,
-        ))
+    let statement = Statement::from_sql_and_values(DbBackend::Postgres, sql.as_str(), values);
+    let applied = query_one_postgres(conn, statement)
         .await
         .map_err(|err| on_external_id(err, change))?
         .ok_or_else(|| internal("the write statement returned no row"))?
