@@ -1277,57 +1277,91 @@ fn remember(hot: Option<&mut HotProfile>, key: &ProfileKey, written: &ProfileVie
     }
 }
 
-/// The statement that stores an update on PostgreSQL: the profile row (only if it is still at
-/// the version the update read), its child rows, its history record and its change notice,
-/// all in one round trip. Every part hangs on the profile's UPDATE, so when that matches no
-/// row nothing else happens. The deleted and the written keys of each child table are
-/// disjoint, so the parts never touch one row twice.
-static POSTGRES_WRITE: LazyLock<(String, Vec<profile::Column>)> = LazyLock::new(|| {
+/// The profile columns an update writes, in the order [`postgres_write`] binds them from `$3`.
+static WRITTEN_COLUMNS: LazyLock<Vec<profile::Column>> = LazyLock::new(|| {
     use profile::Column as C;
-    let columns: Vec<profile::Column> = profile::Column::iter()
+    profile::Column::iter()
         .filter(|column| !matches!(column, C::Id | C::TenantId | C::SerialNumber | C::CreatedAt))
-        .collect();
-    let set = columns
+        .collect()
+});
+
+/// Which child tables an update changes: tags, groups, custom values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Children {
+    tags: bool,
+    groups: bool,
+    custom: bool,
+}
+
+impl Children {
+    const COMBINATIONS: usize = 8;
+
+    fn index(self) -> usize {
+        usize::from(self.tags) | usize::from(self.groups) << 1 | usize::from(self.custom) << 2
+    }
+
+    fn at(index: usize) -> Self {
+        Children {
+            tags: index & 1 != 0,
+            groups: index & 2 != 0,
+            custom: index & 4 != 0,
+        }
+    }
+}
+
+/// The statement that stores an update on PostgreSQL: the profile row (only if it is still at
+/// the version the update read), the child rows it changes, its history record and its change
+/// notice, all in one round trip. Every part hangs on the profile's UPDATE, so when that
+/// matches no row nothing else happens. The deleted and the written keys of each child table
+/// are disjoint, so the parts never touch one row twice. The child tables an update leaves
+/// alone are not in its statement at all: each part, even with nothing to do, costs
+/// PostgreSQL the setting up of its plan on every execution. Each text is built once.
+fn postgres_write(children: Children) -> &'static str {
+    static TEXTS: LazyLock<Vec<String>> = LazyLock::new(|| {
+        (0..Children::COMBINATIONS)
+            .map(|index| postgres_write_text(Children::at(index)))
+            .collect()
+    });
+    &TEXTS[children.index()]
+}
+
+fn postgres_write_text(children: Children) -> String {
+    let set = WRITTEN_COLUMNS
         .iter()
         .enumerate()
         .map(|(i, column)| format!(r#""{}" = ${}"#, column.as_str(), i + 3))
         .collect::<Vec<_>>()
         .join(", ");
-    let n = columns.len() + 3;
-    let p = |i: usize| format!("${}", n + i);
-    let sql = format!(
-        r#"WITH p AS (UPDATE profiles SET {set} WHERE id = $1 AND version = $2 RETURNING id),
-tags_removed AS (DELETE FROM profile_tags AS t USING p WHERE t.profile_id = p.id AND t.key IN (SELECT jsonb_array_elements_text({tags_removed}::jsonb))),
-tags_written AS (INSERT INTO profile_tags (profile_id, key, value) SELECT p.id, x.key, x.value FROM p, jsonb_to_recordset({tags_written}::jsonb) AS x(key text, value text) ON CONFLICT (profile_id, key) DO UPDATE SET value = excluded.value),
-groups_left AS (DELETE FROM profile_groups AS g USING p WHERE g.profile_id = p.id AND g.name IN (SELECT jsonb_array_elements_text({groups_left}::jsonb))),
-groups_joined AS (INSERT INTO profile_groups (profile_id, name) SELECT p.id, x.name FROM p, jsonb_array_elements_text({groups_joined}::jsonb) AS x(name)),
-custom_cleared AS (DELETE FROM custom_field_values AS c USING p WHERE c.profile_id = p.id AND c.field_id IN (SELECT x.id::uuid FROM jsonb_array_elements_text({custom_cleared}::jsonb) AS x(id))),
-custom_written AS (INSERT INTO custom_field_values (profile_id, field_id, value) SELECT p.id, x.field_id, x.value FROM p, jsonb_to_recordset({custom_written}::jsonb) AS x(field_id uuid, value text) ON CONFLICT (profile_id, field_id) DO UPDATE SET value = excluded.value),
-history AS (INSERT INTO profile_changes (id, tenant_id, profile_id, version, operation, changes, api_key_id, request_id, at) SELECT {history_id}, {tenant}, p.id, {version}, {operation}, {changes}, {api_key_id}, {request_id}, {at} FROM p),
-notice AS (SELECT pg_notify({channel}, {payload}) FROM p)
-SELECT count(*) AS applied FROM notice"#,
-        tags_removed = p(0),
-        tags_written = p(1),
-        groups_left = p(2),
-        groups_joined = p(3),
-        custom_cleared = p(4),
-        custom_written = p(5),
-        history_id = p(6),
-        tenant = p(7),
-        version = p(8),
-        operation = p(9),
-        changes = p(10),
-        api_key_id = p(11),
-        request_id = p(12),
-        at = p(13),
-        channel = p(14),
-        payload = p(15),
-    );
-    (sql, columns)
-});
+    let mut next = WRITTEN_COLUMNS.len() + 3;
+    let mut p = || {
+        let parameter = format!("${next}");
+        next += 1;
+        parameter
+    };
+    let mut parts = vec![format!(
+        "WITH p AS (UPDATE profiles SET {set} WHERE id = $1 AND version = $2 RETURNING id)"
+    )];
+    if children.tags {
+        parts.push(format!("tags_removed AS (DELETE FROM profile_tags AS t USING p WHERE t.profile_id = p.id AND t.key IN (SELECT jsonb_array_elements_text({}::jsonb)))", p()));
+        parts.push(format!("tags_written AS (INSERT INTO profile_tags (profile_id, key, value) SELECT p.id, x.key, x.value FROM p, jsonb_to_recordset({}::jsonb) AS x(key text, value text) ON CONFLICT (profile_id, key) DO UPDATE SET value = excluded.value)", p()));
+    }
+    if children.groups {
+        parts.push(format!("groups_left AS (DELETE FROM profile_groups AS g USING p WHERE g.profile_id = p.id AND g.name IN (SELECT jsonb_array_elements_text({}::jsonb)))", p()));
+        parts.push(format!("groups_joined AS (INSERT INTO profile_groups (profile_id, name) SELECT p.id, x.name FROM p, jsonb_array_elements_text({}::jsonb) AS x(name))", p()));
+    }
+    if children.custom {
+        parts.push(format!("custom_cleared AS (DELETE FROM custom_field_values AS c USING p WHERE c.profile_id = p.id AND c.field_id IN (SELECT x.id::uuid FROM jsonb_array_elements_text({}::jsonb) AS x(id)))", p()));
+        parts.push(format!("custom_written AS (INSERT INTO custom_field_values (profile_id, field_id, value) SELECT p.id, x.field_id, x.value FROM p, jsonb_to_recordset({}::jsonb) AS x(field_id uuid, value text) ON CONFLICT (profile_id, field_id) DO UPDATE SET value = excluded.value)", p()));
+    }
+    let [id, tenant, version, operation, changes, api_key_id, request_id, at] = [(); 8].map(|()| p());
+    parts.push(format!("history AS (INSERT INTO profile_changes (id, tenant_id, profile_id, version, operation, changes, api_key_id, request_id, at) SELECT {id}, {tenant}, p.id, {version}, {operation}, {changes}, {api_key_id}, {request_id}, {at} FROM p)"));
+    let (channel, payload) = (p(), p());
+    parts.push(format!("notice AS (SELECT pg_notify({channel}, {payload}) FROM p)"));
+    format!("{}\nSELECT count(*) AS applied FROM notice", parts.join(",\n"))
+}
 
-/// Stores `write` with [`POSTGRES_WRITE`]; `false` when the profile is no longer at the
-/// version the update read (nothing was stored).
+/// Stores `write` with [`postgres_write`]'s statement; `false` when the profile is no longer
+/// at the version the update read (nothing was stored).
 async fn write_postgres(
     conn: &mut PgConnection,
     tenant: TenantId,
@@ -1336,12 +1370,11 @@ async fn write_postgres(
     actor: &Actor,
     change: &ChangeSet,
 ) -> Result<bool> {
-    let (sql, columns) = &*POSTGRES_WRITE;
     let (before, after) = (&write.before, &write.updated.profile.profile);
     let custom_fields = &write.updated.profile.custom_fields;
     let row = profile::ActiveModel::from_profile(tenant, after)?;
     let mut values: Vec<Value> = vec![after.id.into(), before.version.into()];
-    for column in columns {
+    for column in WRITTEN_COLUMNS.iter() {
         values.push(
             row.get(*column)
                 .into_value()
@@ -1349,30 +1382,37 @@ async fn write_postgres(
         );
     }
     let diff = ChildDiff::new(before, after, custom_fields)?;
+    let children = diff.children();
+    if children.tags {
+        values.push(json(&diff.tags_removed)?);
+        values.push(json(
+            &diff
+                .tags_written
+                .iter()
+                .map(|(key, value)| serde_json::json!({"key": key, "value": value}))
+                .collect::<Vec<_>>(),
+        )?);
+    }
+    if children.groups {
+        values.push(json(&diff.groups_left)?);
+        values.push(json(&diff.groups_joined)?);
+    }
+    if children.custom {
+        values.push(json(&diff.custom_cleared)?);
+        values.push(json(
+            &diff
+                .custom_written
+                .iter()
+                .map(|(field_id, value)| serde_json::json!({"field_id": field_id, "value": value}))
+                .collect::<Vec<_>>(),
+        )?);
+    }
     let notice = Notice {
         tenant: tenant.0,
         profile_id: after.id,
         version: after.version,
     };
     values.extend([
-        json(&diff.tags_removed)?,
-        json(
-            &diff
-                .tags_written
-                .iter()
-                .map(|(key, value)| serde_json::json!({"key": key, "value": value}))
-                .collect::<Vec<_>>(),
-        )?,
-        json(&diff.groups_left)?,
-        json(&diff.groups_joined)?,
-        json(&diff.custom_cleared)?,
-        json(
-            &diff
-                .custom_written
-                .iter()
-                .map(|(field_id, value)| serde_json::json!({"field_id": field_id, "value": value}))
-                .collect::<Vec<_>>(),
-        )?,
         Uuid::new_v4().into(),
         tenant.0.into(),
         after.version.into(),
@@ -1384,7 +1424,7 @@ async fn write_postgres(
         feed::CHANNEL.into(),
         serde_json::to_string(&notice).map_err(internal)?.into(),
     ]);
-    let statement = Statement::from_sql_and_values(DbBackend::Postgres, sql.as_str(), values);
+    let statement = Statement::from_sql_and_values(DbBackend::Postgres, postgres_write(children), values);
     let applied = query_one_postgres(conn, statement)
         .await
         .map_err(|err| on_external_id(err, change))?
@@ -1410,6 +1450,15 @@ struct ChildDiff<'a> {
 }
 
 impl<'a> ChildDiff<'a> {
+    /// The child tables the difference touches.
+    fn children(&self) -> Children {
+        Children {
+            tags: !(self.tags_removed.is_empty() && self.tags_written.is_empty()),
+            groups: !(self.groups_left.is_empty() && self.groups_joined.is_empty()),
+            custom: !(self.custom_cleared.is_empty() && self.custom_written.is_empty()),
+        }
+    }
+
     fn new(before: &'a Profile, after: &'a Profile, custom_fields: &[CustomFieldDefinition]) -> Result<Self> {
         let field_id = |name: &str| {
             custom_fields
@@ -1448,7 +1497,7 @@ impl<'a> ChildDiff<'a> {
 }
 
 /// Writes what differs between `before` and `after` in the child tables, a statement per
-/// kind of change (SQLite; PostgreSQL writes them all in [`POSTGRES_WRITE`]).
+/// kind of change (SQLite; PostgreSQL writes them all in [`postgres_write`]'s statement).
 async fn save_children(
     tx: &DatabaseTransaction,
     before: &Profile,
@@ -1642,6 +1691,41 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    #[test]
+    fn each_set_of_child_tables_has_its_own_write_statement() {
+        let indices: Vec<usize> = (0..Children::COMBINATIONS).map(|i| Children::at(i).index()).collect();
+        assert_eq!(indices, (0..Children::COMBINATIONS).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_write_statement_names_only_the_child_tables_it_changes_and_numbers_its_parameters_in_order() {
+        for index in 0..Children::COMBINATIONS {
+            let children = Children::at(index);
+            let sql = postgres_write(children);
+            assert_eq!(sql.contains("profile_tags"), children.tags, "{children:?}");
+            assert_eq!(sql.contains("profile_groups"), children.groups, "{children:?}");
+            assert_eq!(sql.contains("custom_field_values"), children.custom, "{children:?}");
+            assert!(
+                sql.contains("profile_changes") && sql.contains("pg_notify"),
+                "{children:?}"
+            );
+            // id and version, the columns, two per child table, the history record's eight and
+            // the notice's two, as `write_postgres` binds them.
+            let touched = [children.tags, children.groups, children.custom]
+                .into_iter()
+                .filter(|&t| t)
+                .count();
+            let expected = 2 + WRITTEN_COLUMNS.len() + 2 * touched + 8 + 2;
+            let numbers: std::collections::BTreeSet<usize> = sql
+                .split('$')
+                .skip(1)
+                .map(|rest| rest.chars().take_while(char::is_ascii_digit).collect::<String>())
+                .map(|digits| digits.parse().unwrap_or(0))
+                .collect();
+            assert_eq!(numbers, (1..=expected).collect(), "{children:?}");
         }
     }
 }
