@@ -1325,6 +1325,8 @@ fn postgres_write(children: Children) -> &'static str {
     &TEXTS[children.index()]
 }
 
+/// Builds [`postgres_write`]'s text for `children`, numbering its parameters in the order
+/// [`write_postgres`] binds them.
 fn postgres_write_text(children: Children) -> String {
     let set = WRITTEN_COLUMNS
         .iter()
