@@ -439,13 +439,12 @@ impl Store {
         let custom_fields = definitions(&tx, tenant).await?;
         let blank = Profile::new(Uuid::new_v4(), serial_number, Utc::now());
         let (profile, changes) = change.apply(&blank, &custom_fields)?;
+        let mut writes = Writes::new(tx.get_database_backend());
         let row = profile::ActiveModel::from_profile(tenant, &profile)?;
-        profile::Entity::insert(row)
-            .exec_without_returning(&tx)
-            .await
-            .map_err(|err| on_external_id(err, change))?;
-        save_children(&tx, &blank, &profile, &custom_fields).await?;
-        let notice = record(&tx, tenant, &profile, "createProfile", &changes, actor).await?;
+        writes.push(&profile::Entity::insert(row));
+        writes.children(&blank, &profile, &custom_fields)?;
+        let notice = writes.record(tenant, &profile, "createProfile", &changes, actor)?;
+        writes.run(&tx).await.map_err(|err| on_external_id(err, change))?;
         tx.commit().await?;
         self.announce(notice);
         Ok(ProfileView {
@@ -500,15 +499,15 @@ impl Store {
             Plan::Write(write) => write,
         };
         let Updated { profile, changes } = &write.updated;
-        let row = profile::ActiveModel::from_profile(tenant, &profile.profile)?;
-        profile::Entity::update_many()
-            .set(row)
-            .filter(profile::Column::Id.eq(profile.profile.id))
-            .exec(&tx)
-            .await
-            .map_err(|err| on_external_id(err, change))?;
-        save_children(&tx, &write.before, &profile.profile, &profile.custom_fields).await?;
-        let notice = record(&tx, tenant, &profile.profile, update.operation, changes, actor).await?;
+        let mut writes = Writes::new(DbBackend::Sqlite);
+        writes.push(
+            &profile::Entity::update_many()
+                .set(profile::ActiveModel::from_profile(tenant, &profile.profile)?)
+                .filter(profile::Column::Id.eq(profile.profile.id)),
+        );
+        writes.children(&write.before, &profile.profile, &profile.custom_fields)?;
+        let notice = writes.record(tenant, &profile.profile, update.operation, changes, actor)?;
+        writes.run(&tx).await.map_err(|err| on_external_id(err, change))?;
         tx.commit().await?;
         self.announce(notice);
         Ok(write.updated)
@@ -631,14 +630,16 @@ impl Store {
         profile.status = status;
         profile.version += 1;
         profile.updated_at = Utc::now();
-        profile::Entity::update_many()
-            .col_expr(profile::Column::Status, Expr::value(status.as_str()))
-            .col_expr(profile::Column::Version, Expr::value(profile.version))
-            .col_expr(profile::Column::UpdatedAt, Expr::value(profile.updated_at))
-            .filter(profile::Column::Id.eq(profile.id))
-            .exec(&tx)
-            .await?;
-        let notice = record(&tx, tenant, &profile, "setProfileStatus", &[change], actor).await?;
+        let mut writes = Writes::new(tx.get_database_backend());
+        writes.push(
+            &profile::Entity::update_many()
+                .col_expr(profile::Column::Status, Expr::value(status.as_str()))
+                .col_expr(profile::Column::Version, Expr::value(profile.version))
+                .col_expr(profile::Column::UpdatedAt, Expr::value(profile.updated_at))
+                .filter(profile::Column::Id.eq(profile.id)),
+        );
+        let notice = writes.record(tenant, &profile, "setProfileStatus", &[change], actor)?;
+        writes.run(&tx).await?;
         tx.commit().await?;
         self.announce(notice);
         Ok(ProfileView {
@@ -655,16 +656,15 @@ impl Store {
         let row = find_row(&tx, tenant, key, true)
             .await?
             .ok_or_else(|| Fault::not_found("profile"))?;
-        profile::Entity::delete_by_id(row.id).exec(&tx).await?;
-        profile_change::Entity::delete_many()
-            .filter(profile_change::Column::ProfileId.eq(row.id))
-            .exec(&tx)
-            .await?;
+        let mut writes = Writes::new(tx.get_database_backend());
+        writes.push(&profile::Entity::delete_many().filter(profile::Column::Id.eq(row.id)));
+        writes.push(&profile_change::Entity::delete_many().filter(profile_change::Column::ProfileId.eq(row.id)));
         let tombstone = Profile {
             version: row.version + 1,
             ..Profile::new(row.id, row.serial_number, Utc::now())
         };
-        let notice = record(&tx, tenant, &tombstone, "deleteProfile", &[], actor).await?;
+        let notice = writes.record(tenant, &tombstone, "deleteProfile", &[], actor)?;
+        writes.run(&tx).await?;
         tx.commit().await?;
         self.announce(notice);
         Ok(row.id)
@@ -799,44 +799,166 @@ impl Store {
     }
 }
 
-/// Appends the history record of `profile`'s new version, in the writing transaction.
-async fn record(
-    tx: &DatabaseTransaction,
-    tenant: TenantId,
-    profile: &Profile,
-    operation: &str,
-    changes: &[FieldChange],
-    actor: &Actor,
-) -> Result<Notice> {
-    profile_change::ActiveModel {
-        id: Set(Uuid::new_v4()),
-        tenant_id: Set(tenant.0),
-        profile_id: Set(profile.id),
-        version: Set(profile.version),
-        operation: Set(operation.to_owned()),
-        changes: Set(serde_json::to_value(changes).map_err(internal)?),
-        api_key_id: Set(actor.api_key_id),
-        request_id: Set(actor.request_id.clone()),
-        at: Set(profile.updated_at),
+/// The statements that store one change in its write transaction, sent together: on SQLite as
+/// one text, on PostgreSQL one after another.
+///
+/// sqlx's SQLite driver runs each connection on a thread of its own and hands it every
+/// statement and the answer back, two thread wake-ups a statement, all while the writer holds
+/// SQLite's one write turn; so each statement folded into the text is a hand-over the next
+/// writer no longer waits for. SQLite runs a text of several statements in order and binds
+/// their parameters (all `?`) from one list, in order; the first that fails ends it, and the
+/// transaction rolls back. PostgreSQL's extended protocol takes one statement at a time (its
+/// updates have a single statement of their own, [`postgres_write`]).
+struct Writes {
+    backend: DbBackend,
+    statements: Vec<Statement>,
+}
+
+impl Writes {
+    fn new(backend: DbBackend) -> Self {
+        Writes {
+            backend,
+            statements: Vec::new(),
+        }
     }
-    .insert(tx)
-    .await?;
-    let notice = Notice {
-        tenant: tenant.0,
-        profile_id: profile.id,
-        version: profile.version,
-    };
-    if tx.get_database_backend() == DbBackend::Postgres {
-        // Delivered to every replica's listener when (and only if) the transaction commits.
-        let payload = serde_json::to_string(&notice).map_err(internal)?;
-        tx.execute_raw(Statement::from_sql_and_values(
-            DbBackend::Postgres,
-            "SELECT pg_notify($1, $2)",
-            [feed::CHANNEL.into(), payload.into()],
-        ))
-        .await?;
+
+    fn push(&mut self, statement: &impl QueryTrait) {
+        self.statements.push(statement.build(self.backend));
     }
-    Ok(notice)
+
+    /// Writes what differs between `before` and `after` in the child tables, a statement per
+    /// kind of change.
+    fn children(&mut self, before: &Profile, after: &Profile, custom_fields: &[CustomFieldDefinition]) -> Result<()> {
+        let id = after.id;
+        let diff = ChildDiff::new(before, after, custom_fields)?;
+        if !diff.tags_removed.is_empty() {
+            self.push(
+                &profile_tag::Entity::delete_many()
+                    .filter(profile_tag::Column::ProfileId.eq(id))
+                    .filter(profile_tag::Column::Key.is_in(diff.tags_removed)),
+            );
+        }
+        if !diff.tags_written.is_empty() {
+            let rows = diff
+                .tags_written
+                .into_iter()
+                .map(|(key, value)| profile_tag::ActiveModel {
+                    profile_id: Set(id),
+                    key: Set(key.clone()),
+                    value: Set(value.clone()),
+                });
+            self.push(
+                &profile_tag::Entity::insert_many(rows).on_conflict(
+                    OnConflict::columns([profile_tag::Column::ProfileId, profile_tag::Column::Key])
+                        .update_column(profile_tag::Column::Value)
+                        .to_owned(),
+                ),
+            );
+        }
+        if !diff.groups_left.is_empty() {
+            self.push(
+                &profile_group::Entity::delete_many()
+                    .filter(profile_group::Column::ProfileId.eq(id))
+                    .filter(profile_group::Column::Name.is_in(diff.groups_left)),
+            );
+        }
+        if !diff.groups_joined.is_empty() {
+            let rows = diff.groups_joined.into_iter().map(|name| profile_group::ActiveModel {
+                profile_id: Set(id),
+                name: Set(name.clone()),
+            });
+            self.push(&profile_group::Entity::insert_many(rows));
+        }
+        if !diff.custom_cleared.is_empty() {
+            self.push(
+                &custom_field_value::Entity::delete_many()
+                    .filter(custom_field_value::Column::ProfileId.eq(id))
+                    .filter(custom_field_value::Column::FieldId.is_in(diff.custom_cleared)),
+            );
+        }
+        if !diff.custom_written.is_empty() {
+            let rows = diff
+                .custom_written
+                .into_iter()
+                .map(|(field_id, value)| custom_field_value::ActiveModel {
+                    profile_id: Set(id),
+                    field_id: Set(field_id),
+                    value: Set(value.clone()),
+                });
+            self.push(
+                &custom_field_value::Entity::insert_many(rows).on_conflict(
+                    OnConflict::columns([
+                        custom_field_value::Column::ProfileId,
+                        custom_field_value::Column::FieldId,
+                    ])
+                    .update_column(custom_field_value::Column::Value)
+                    .to_owned(),
+                ),
+            );
+        }
+        Ok(())
+    }
+
+    /// Appends the history record of `profile`'s new version and, on PostgreSQL, its change
+    /// notice; returns the notice.
+    fn record(
+        &mut self,
+        tenant: TenantId,
+        profile: &Profile,
+        operation: &str,
+        changes: &[FieldChange],
+        actor: &Actor,
+    ) -> Result<Notice> {
+        self.push(&profile_change::Entity::insert(profile_change::ActiveModel {
+            id: Set(Uuid::new_v4()),
+            tenant_id: Set(tenant.0),
+            profile_id: Set(profile.id),
+            version: Set(profile.version),
+            operation: Set(operation.to_owned()),
+            changes: Set(serde_json::to_value(changes).map_err(internal)?),
+            api_key_id: Set(actor.api_key_id),
+            request_id: Set(actor.request_id.clone()),
+            at: Set(profile.updated_at),
+        }));
+        let notice = Notice {
+            tenant: tenant.0,
+            profile_id: profile.id,
+            version: profile.version,
+        };
+        if self.backend == DbBackend::Postgres {
+            // Delivered to every replica's listener when (and only if) the transaction commits.
+            let payload = serde_json::to_string(&notice).map_err(internal)?;
+            self.statements.push(Statement::from_sql_and_values(
+                DbBackend::Postgres,
+                "SELECT pg_notify($1, $2)",
+                [feed::CHANNEL.into(), payload.into()],
+            ));
+        }
+        Ok(notice)
+    }
+
+    async fn run(self, tx: &DatabaseTransaction) -> Result<(), DbErr> {
+        match self.backend {
+            DbBackend::Sqlite => tx.execute_raw(joined(self.statements)).await.map(drop),
+            _ => {
+                for statement in self.statements {
+                    tx.execute_raw(statement).await?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// SQLite's statements as one text, their parameters in order.
+fn joined(statements: Vec<Statement>) -> Statement {
+    let mut sql = Vec::with_capacity(statements.len());
+    let mut values = Vec::new();
+    for statement in statements {
+        sql.push(statement.sql);
+        values.extend(statement.values.into_iter().flat_map(|Values(values)| values));
+    }
+    Statement::from_sql_and_values(DbBackend::Sqlite, sql.join(";\n"), values)
 }
 
 fn internal(err: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Error {
@@ -1498,88 +1620,6 @@ impl<'a> ChildDiff<'a> {
     }
 }
 
-/// Writes what differs between `before` and `after` in the child tables, a statement per
-/// kind of change (SQLite; PostgreSQL writes them all in [`postgres_write`]'s statement).
-async fn save_children(
-    tx: &DatabaseTransaction,
-    before: &Profile,
-    after: &Profile,
-    custom_fields: &[CustomFieldDefinition],
-) -> Result<()> {
-    let id = after.id;
-    let diff = ChildDiff::new(before, after, custom_fields)?;
-    if !diff.tags_removed.is_empty() {
-        profile_tag::Entity::delete_many()
-            .filter(profile_tag::Column::ProfileId.eq(id))
-            .filter(profile_tag::Column::Key.is_in(diff.tags_removed))
-            .exec(tx)
-            .await?;
-    }
-    if !diff.tags_written.is_empty() {
-        let rows = diff
-            .tags_written
-            .into_iter()
-            .map(|(key, value)| profile_tag::ActiveModel {
-                profile_id: Set(id),
-                key: Set(key.clone()),
-                value: Set(value.clone()),
-            });
-        profile_tag::Entity::insert_many(rows)
-            .on_conflict(
-                OnConflict::columns([profile_tag::Column::ProfileId, profile_tag::Column::Key])
-                    .update_column(profile_tag::Column::Value)
-                    .to_owned(),
-            )
-            .exec_without_returning(tx)
-            .await?;
-    }
-    if !diff.groups_left.is_empty() {
-        profile_group::Entity::delete_many()
-            .filter(profile_group::Column::ProfileId.eq(id))
-            .filter(profile_group::Column::Name.is_in(diff.groups_left))
-            .exec(tx)
-            .await?;
-    }
-    if !diff.groups_joined.is_empty() {
-        let rows = diff.groups_joined.into_iter().map(|name| profile_group::ActiveModel {
-            profile_id: Set(id),
-            name: Set(name.clone()),
-        });
-        profile_group::Entity::insert_many(rows)
-            .exec_without_returning(tx)
-            .await?;
-    }
-    if !diff.custom_cleared.is_empty() {
-        custom_field_value::Entity::delete_many()
-            .filter(custom_field_value::Column::ProfileId.eq(id))
-            .filter(custom_field_value::Column::FieldId.is_in(diff.custom_cleared))
-            .exec(tx)
-            .await?;
-    }
-    if !diff.custom_written.is_empty() {
-        let rows = diff
-            .custom_written
-            .into_iter()
-            .map(|(field_id, value)| custom_field_value::ActiveModel {
-                profile_id: Set(id),
-                field_id: Set(field_id),
-                value: Set(value.clone()),
-            });
-        custom_field_value::Entity::insert_many(rows)
-            .on_conflict(
-                OnConflict::columns([
-                    custom_field_value::Column::ProfileId,
-                    custom_field_value::Column::FieldId,
-                ])
-                .update_column(custom_field_value::Column::Value)
-                .to_owned(),
-            )
-            .exec_without_returning(tx)
-            .await?;
-    }
-    Ok(())
-}
-
 /// The column that stores a scalar canonical field.
 fn column(field: Field) -> profile::Column {
     use profile::Column as C;
@@ -1729,5 +1769,30 @@ mod tests {
                 .collect();
             assert_eq!(numbers, (1..=expected).collect(), "{children:?}");
         }
+    }
+
+    #[test]
+    fn sqlite_writes_go_as_one_text_with_their_parameters_in_order() {
+        let id = Uuid::new_v4();
+        let mut writes = Writes::new(DbBackend::Sqlite);
+        writes.push(
+            &profile_tag::Entity::delete_many()
+                .filter(profile_tag::Column::ProfileId.eq(id))
+                .filter(profile_tag::Column::Key.is_in(["a", "b"])),
+        );
+        writes.push(&profile_group::Entity::insert_many([profile_group::ActiveModel {
+            profile_id: Set(id),
+            name: Set("vip".to_owned()),
+        }]));
+        let statement = joined(writes.statements);
+        assert_eq!(
+            statement.sql,
+            r#"DELETE FROM "profile_tags" WHERE "profile_tags"."profile_id" = ? AND "profile_tags"."key" IN (?, ?);
+INSERT INTO "profile_groups" ("profile_id", "name") VALUES (?, ?)"#
+        );
+        assert_eq!(
+            statement.values,
+            Some(Values(vec![id.into(), "a".into(), "b".into(), id.into(), "vip".into()]))
+        );
     }
 }

@@ -52,8 +52,10 @@ on_both_databases! {
         app.create(json!({"externalId": "taken"})).await;
         let id = app.create(json!({})).await["id"].as_str().unwrap().to_owned();
         assert_eq!(fault(&app.update(&id, json!({"scrip": {"attributes": [1, 2]}})).await), ("VALIDATION_FAILED", Some("attributes")));
-        assert_eq!(fault(&app.update(&id, json!({"scrip": {"externalId": "taken"}})).await), ("DUPLICATE_EXTERNAL_ID", Some("externalId")));
-        assert_eq!(app.profile(&id).await["version"], 1);
+        let refused = app.update(&id, json!({"scrip": {"externalId": "taken", "tags": ["vip"], "attributes": {"plan": "gold"}}})).await;
+        assert_eq!(fault(&refused), ("DUPLICATE_EXTERNAL_ID", Some("externalId")));
+        let profile = app.profile(&id).await;
+        assert_eq!((&profile["version"], &profile["tags"], &profile["attributes"]), (&json!(1), &json!([]), &json!({})));
     }
 
     async fn spruce_stores_sent_values_clears_nulls_and_keeps_absent_fields(app) {
