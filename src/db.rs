@@ -16,6 +16,14 @@ const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 /// within its own timeout.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// Connections in a PostgreSQL pool (sqlx's default).
+const POSTGRES_POOL_SIZE: u32 = 10;
+
+/// Connections in a SQLite pool. SeaORM's default for SQLite is one, which queues every read
+/// behind every other statement; in WAL mode readers run beside the one writer. Each
+/// connection is a thread of its own with its own page cache, so a few are enough.
+const SQLITE_POOL_SIZE: u32 = 4;
+
 /// A pooled connection idle this long is pinged before it is handed out.
 const PING_WHEN_IDLE_FOR: Duration = Duration::from_secs(1);
 
@@ -34,6 +42,10 @@ pub async fn connect(url: &str) -> Result<DatabaseConnection, DbErr> {
     let mut options = ConnectOptions::new(url);
     options
         .sqlx_logging(false)
+        .max_connections(match url.starts_with("sqlite:") {
+            true => SQLITE_POOL_SIZE,
+            false => POSTGRES_POOL_SIZE,
+        })
         .acquire_timeout(ACQUIRE_TIMEOUT)
         // A connection that has been busy is handed out as it is; one idle for a while is
         // pinged first, as a restarted server or a proxy may have dropped it. (Pinging on every

@@ -40,7 +40,8 @@ use tokio::sync::OwnedMutexGuard;
 
 use chrono::Utc;
 use sea_orm::sea_query::{Expr, ExprTrait, OnConflict};
-use sea_orm::sqlx::{self, PgConnection, PgPool};
+use sea_orm::sqlx::pool::PoolConnection;
+use sea_orm::sqlx::{self, PgConnection, PgPool, Sqlite, SqlitePool};
 use sea_orm::{
     AccessMode, ActiveModelTrait, ActiveValue::Set, ColumnTrait, Condition, ConnAcquireErr, ConnectionTrait,
     DatabaseConnection, DatabaseExecutor, DatabaseTransaction, DbBackend, DbErr, EntityTrait, FromQueryResult,
@@ -254,6 +255,9 @@ pub struct Store {
     /// The pool under `db` when it is PostgreSQL's: an update holds one of its connections for
     /// its read and its write (see [`Store::update`]).
     postgres: Option<PgPool>,
+    /// The pool under `db` when it is SQLite's: an update holds one of its connections from its
+    /// `BEGIN` to its `COMMIT` (see [`Store::update_sqlite`]).
+    sqlite: Option<SqlitePool>,
     feed: Feed,
     /// Profiles (by tenant and the key updates name them by) whose optimistic update lost a
     /// race, updated within the last [`CONTENDED_FOR`].
@@ -266,9 +270,11 @@ impl Store {
     pub fn new(db: DatabaseConnection) -> Self {
         let postgres =
             (db.get_database_backend() == DbBackend::Postgres).then(|| db.get_postgres_connection_pool().clone());
+        let sqlite = (db.get_database_backend() == DbBackend::Sqlite).then(|| db.get_sqlite_connection_pool().clone());
         Store {
             db,
             postgres,
+            sqlite,
             feed: Feed::default(),
             contended: moka::sync::Cache::builder()
                 .max_capacity(MAX_CONTENDED)
@@ -464,7 +470,8 @@ impl Store {
     /// updates keep coming, this replica's updates of it take turns, so that they do not
     /// race each other at all, and each starts from the profile as the previous one wrote it
     /// (one round trip). All of it runs on one connection ([`Store::update_postgres`]).
-    /// SQLite (in process, one writer at a time) always takes the transaction.
+    /// SQLite (in process, one writer at a time) always takes the transaction
+    /// ([`Store::update_sqlite`]).
     pub async fn update(
         &self,
         tenant: TenantId,
@@ -481,36 +488,92 @@ impl Store {
             groups: change.touches_groups(),
             custom: change.touches_custom(),
         });
-        if let Some(pool) = &self.postgres {
-            return self
-                .update_postgres(pool, tenant, key, change, update, actor, parts)
-                .await;
+        match (&self.postgres, &self.sqlite) {
+            (Some(pool), _) => {
+                self.update_postgres(pool, tenant, key, change, update, actor, parts)
+                    .await
+            }
+            (None, Some(pool)) => {
+                self.update_sqlite(pool, tenant, key, change, update, actor, parts)
+                    .await
+            }
+            (None, None) => Err(internal("the database is neither PostgreSQL nor SQLite")),
         }
-        let (tx, _turn) = self.begin_write().await?;
-        let before = load(&tx, tenant, key, true, parts)
-            .await?
-            .ok_or_else(|| Fault::not_found("profile"))?
-            .into_view(parts)?;
-        let write = match plan(before, change, update)? {
-            Plan::Unchanged(updated) => {
-                tx.rollback().await?;
+    }
+
+    /// [`Store::update`] on SQLite: in this process's write turn, on one connection of `pool`,
+    /// in two hand-overs to the connection's thread (see [`Writes`]): `BEGIN IMMEDIATE` with
+    /// the read, then the write with `COMMIT`. SeaORM's transactions would take four, as its
+    /// `BEGIN` and `COMMIT` are statements of their own.
+    #[allow(clippy::too_many_arguments)]
+    async fn update_sqlite(
+        &self,
+        pool: &SqlitePool,
+        tenant: TenantId,
+        key: &ProfileKey,
+        change: &ChangeSet,
+        update: &Update<'_>,
+        actor: &Actor,
+        parts: Parts,
+    ) -> Result<Updated> {
+        let _turn = self.sqlite_writer.lock().await;
+        let mut tx = SqliteWrite {
+            conn: pool.acquire().await.map_err(acquire_err)?,
+            open: true,
+        };
+        let Statement { sql, values, .. } = load_statement(DbBackend::Sqlite, tenant, key, false, parts);
+        let row = sqlx::query_with(
+            sqlx::AssertSqlSafe(format!("BEGIN IMMEDIATE;\n{sql}")),
+            SqlxValues(values.unwrap_or(Values(Vec::new()))),
+        )
+        .fetch_optional(&mut *tx.conn)
+        .await
+        .map_err(query_err)?;
+        let planned = row
+            .ok_or_else(|| Fault::not_found("profile").into())
+            .and_then(|row| Ok(Loaded::from_query_result(&QueryResult::from(row), "")?))
+            .and_then(|loaded| loaded.into_view(parts))
+            .and_then(|before| plan(before, change, update))
+            .and_then(|plan| match plan {
+                Plan::Unchanged(updated) => Ok((updated, None)),
+                Plan::Write(write) => {
+                    let Updated { profile, changes } = &write.updated;
+                    let mut writes = Writes::new(DbBackend::Sqlite);
+                    writes.push(
+                        &profile::Entity::update_many()
+                            .set(profile::ActiveModel::from_profile(tenant, &profile.profile)?)
+                            .filter(profile::Column::Id.eq(profile.profile.id)),
+                    );
+                    writes.children(&write.before, &profile.profile, &profile.custom_fields)?;
+                    let notice = writes.record(tenant, &profile.profile, update.operation, changes, actor)?;
+                    Ok((write.updated, Some((joined(writes.statements), notice))))
+                }
+            });
+        let (updated, (statement, notice)) = match planned {
+            Ok((updated, Some(write))) => (updated, write),
+            Ok((updated, None)) => {
+                tx.roll_back().await;
                 return Ok(updated);
             }
-            Plan::Write(write) => write,
+            Err(err) => {
+                tx.roll_back().await;
+                return Err(err);
+            }
         };
-        let Updated { profile, changes } = &write.updated;
-        let mut writes = Writes::new(DbBackend::Sqlite);
-        writes.push(
-            &profile::Entity::update_many()
-                .set(profile::ActiveModel::from_profile(tenant, &profile.profile)?)
-                .filter(profile::Column::Id.eq(profile.profile.id)),
-        );
-        writes.children(&write.before, &profile.profile, &profile.custom_fields)?;
-        let notice = writes.record(tenant, &profile.profile, update.operation, changes, actor)?;
-        writes.run(&tx).await.map_err(|err| on_external_id(err, change))?;
-        tx.commit().await?;
+        let Statement { sql, values, .. } = statement;
+        let stored = sqlx::query_with(
+            sqlx::AssertSqlSafe(format!("{sql};\nCOMMIT")),
+            SqlxValues(values.unwrap_or(Values(Vec::new()))),
+        )
+        .execute(&mut *tx.conn)
+        .await;
+        if let Err(err) = stored {
+            tx.roll_back().await;
+            return Err(on_external_id(query_err(err), change));
+        }
+        tx.open = false;
         self.announce(notice);
-        Ok(write.updated)
+        Ok(updated)
     }
 
     /// [`Store::update`] on PostgreSQL, on one connection of `pool` from the first statement
@@ -959,6 +1022,33 @@ fn joined(statements: Vec<Statement>) -> Statement {
         values.extend(statement.values.into_iter().flat_map(|Values(values)| values));
     }
     Statement::from_sql_and_values(DbBackend::Sqlite, sql.join(";\n"), values)
+}
+
+/// A write transaction on a SQLite connection the store holds, begun by the text of its first
+/// statement rather than by sqlx, which therefore cannot roll it back. Dropped while `open` (a
+/// failure the caller did not roll back, a request cancelled mid-way), it closes its connection
+/// instead of handing it back to the pool, and closing rolls the transaction back.
+struct SqliteWrite {
+    conn: PoolConnection<Sqlite>,
+    open: bool,
+}
+
+impl SqliteWrite {
+    /// Rolls back; if even that fails, the connection is closed when this is dropped.
+    async fn roll_back(&mut self) {
+        match sqlx::raw_sql("ROLLBACK").execute(&mut *self.conn).await {
+            Ok(_) => self.open = false,
+            Err(err) => tracing::warn!(error = %err, "could not roll back a SQLite write; closing its connection"),
+        }
+    }
+}
+
+impl Drop for SqliteWrite {
+    fn drop(&mut self) {
+        if self.open {
+            self.conn.close_on_drop();
+        }
+    }
 }
 
 fn internal(err: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Error {
@@ -1794,5 +1884,84 @@ INSERT INTO "profile_groups" ("profile_id", "name") VALUES (?, ?)"#
             statement.values,
             Some(Values(vec![id.into(), "a".into(), "b".into(), id.into(), "vip".into()]))
         );
+    }
+
+    /// A connection to a fresh SQLite file, and the file's folder, which must outlive it.
+    async fn sqlite() -> (SqlitePool, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("write.db").display());
+        let db = crate::db::connect(&url).await.unwrap();
+        (db.get_sqlite_connection_pool().clone(), dir)
+    }
+
+    /// Whether a connection of `pool` takes the write lock at once (it does not wait for it).
+    async fn write_lock_is_free(pool: &SqlitePool) -> bool {
+        let mut conn = pool.acquire().await.unwrap();
+        let busy_timeout: i64 = sqlx::query_scalar("PRAGMA busy_timeout")
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap();
+        sqlx::raw_sql("PRAGMA busy_timeout = 0")
+            .execute(&mut *conn)
+            .await
+            .unwrap();
+        let free = sqlx::raw_sql("BEGIN IMMEDIATE").execute(&mut *conn).await.is_ok();
+        if free {
+            sqlx::raw_sql("COMMIT").execute(&mut *conn).await.unwrap();
+        }
+        let restore = format!("PRAGMA busy_timeout = {busy_timeout}");
+        sqlx::raw_sql(sqlx::AssertSqlSafe(restore))
+            .execute(&mut *conn)
+            .await
+            .unwrap();
+        free
+    }
+
+    /// Whether the write lock is free within a second (a connection closes in a task of the
+    /// pool's).
+    async fn write_lock_frees_up(pool: &SqlitePool) -> bool {
+        for _ in 0..20 {
+            if write_lock_is_free(pool).await {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        false
+    }
+
+    #[tokio::test]
+    async fn a_sqlite_write_dropped_while_open_closes_its_connection_which_releases_the_write_lock() {
+        let (pool, _dir) = sqlite().await;
+        let mut tx = SqliteWrite {
+            conn: pool.acquire().await.unwrap(),
+            open: true,
+        };
+        sqlx::raw_sql("BEGIN IMMEDIATE").execute(&mut *tx.conn).await.unwrap();
+        assert!(!write_lock_is_free(&pool).await, "the write holds the lock");
+        drop(tx);
+        assert!(write_lock_frees_up(&pool).await);
+    }
+
+    #[tokio::test]
+    async fn a_rolled_back_sqlite_write_returns_its_connection_to_the_pool_outside_a_transaction() {
+        let (pool, _dir) = sqlite().await;
+        let mut tx = SqliteWrite {
+            conn: pool.acquire().await.unwrap(),
+            open: true,
+        };
+        sqlx::raw_sql("BEGIN IMMEDIATE; CREATE TABLE t (n INTEGER)")
+            .execute(&mut *tx.conn)
+            .await
+            .unwrap();
+        tx.roll_back().await;
+        assert!(!tx.open);
+        drop(tx);
+        assert!(write_lock_is_free(&pool).await);
+        let mut conn = pool.acquire().await.unwrap();
+        let tables: i64 = sqlx::query_scalar("SELECT count(*) FROM sqlite_master WHERE name = 't'")
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap();
+        assert_eq!(tables, 0);
     }
 }
