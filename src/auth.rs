@@ -155,6 +155,7 @@ impl Keys {
     pub async fn create(&self, tenant: &str, scope: Scope, label: Option<String>) -> Result<NewKey> {
         let tenant_id = self.store.ensure_tenant(tenant).await?;
         let (key, prefix, secret_hash) = generate()?;
+        let _turn = self.store.write_turn().await;
         let row = api_key::ActiveModel {
             id: Set(Uuid::new_v4()),
             tenant_id: Set(tenant_id.0),
@@ -188,12 +189,14 @@ impl Keys {
 
     /// Revokes a key; `false` if there is no such key or it was revoked already.
     pub async fn revoke(&self, id: Uuid) -> Result<bool> {
+        let turn = self.store.write_turn().await;
         let result = api_key::Entity::update_many()
             .col_expr(api_key::Column::RevokedAt, sea_orm::sea_query::Expr::value(Utc::now()))
             .filter(api_key::Column::Id.eq(id))
             .filter(api_key::Column::RevokedAt.is_null())
             .exec(self.store.connection())
             .await?;
+        drop(turn);
         if let Some(cache) = &self.cache {
             // Revocation is rare, so a scan of the cache is fine.
             let revoked: Vec<_> = cache
@@ -261,12 +264,13 @@ impl Keys {
 
     /// Records a use of the key in the background: the request does not wait for the write.
     fn touch(&self, id: Uuid, now: DateTime<Utc>) {
-        let db = self.store.connection().clone();
+        let store = self.store.clone();
         tokio::spawn(async move {
+            let _turn = store.write_turn().await;
             let result = api_key::Entity::update_many()
                 .col_expr(api_key::Column::LastUsedAt, sea_orm::sea_query::Expr::value(now))
                 .filter(api_key::Column::Id.eq(id))
-                .exec(&db)
+                .exec(store.connection())
                 .await;
             if let Err(err) = result {
                 tracing::warn!(%err, key = %id, "could not record the key's last use");

@@ -68,6 +68,7 @@ impl IdempotencyKeys {
     /// Claims `key` for a request whose body has `fingerprint`.
     pub async fn claim(&self, tenant: TenantId, key: &str, fingerprint: &[u8]) -> Result<Claim> {
         let db = self.store.connection();
+        let turn = self.store.write_turn().await;
         let now = Utc::now();
         let of_key = || {
             idempotency_key::Column::TenantId
@@ -109,6 +110,7 @@ impl IdempotencyKeys {
         if taken.rows_affected > 0 {
             return Ok(Claim::Run);
         }
+        drop(turn);
         let Some(row) = idempotency_key::Entity::find().filter(of_key()).one(db).await? else {
             // Released or expired in between: try again from the start.
             return Box::pin(self.claim(tenant, key, fingerprint)).await;
@@ -131,6 +133,7 @@ impl IdempotencyKeys {
 
     /// Stores the response of the request that claimed `key`.
     pub async fn complete(&self, tenant: TenantId, key: &str, response: &StoredResponse) -> Result<()> {
+        let _turn = self.store.write_turn().await;
         idempotency_key::Entity::update_many()
             .col_expr(
                 idempotency_key::Column::ResponseStatus,
@@ -153,6 +156,7 @@ impl IdempotencyKeys {
 
     /// Frees `key` after a run that failed on our side, so that a retry may run.
     pub async fn release(&self, tenant: TenantId, key: &str) -> Result<()> {
+        let _turn = self.store.write_turn().await;
         idempotency_key::Entity::delete_many()
             .filter(idempotency_key::Column::TenantId.eq(tenant.0))
             .filter(idempotency_key::Column::Key.eq(key))
@@ -164,6 +168,7 @@ impl IdempotencyKeys {
 
     /// Forgets every expired key; returns how many.
     pub async fn purge_expired(&self, now: DateTime<Utc>) -> Result<u64> {
+        let _turn = self.store.write_turn().await;
         let result = idempotency_key::Entity::delete_many()
             .filter(idempotency_key::Column::ExpiresAt.lt(now))
             .exec(self.store.connection())
@@ -189,5 +194,24 @@ mod tests {
     fn one_byte_of_difference_changes_the_fingerprint() {
         assert_eq!(fingerprint(b"{\"query\":\"{a}\"}"), fingerprint(b"{\"query\":\"{a}\"}"));
         assert_ne!(fingerprint(b"{\"query\":\"{a}\"}"), fingerprint(b"{\"query\":\"{b}\"}"));
+    }
+
+    #[tokio::test]
+    async fn on_sqlite_a_claim_waits_for_the_writers_turn_and_then_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("keys.db").display());
+        let db = crate::db::connect(&url).await.unwrap();
+        crate::db::migrate(&db).await.unwrap();
+        let store = Store::new(db);
+        let tenant = store.ensure_tenant("acme").await.unwrap();
+        let keys = IdempotencyKeys::new(store.clone(), std::time::Duration::from_secs(30));
+        let turn = store.write_turn().await;
+        assert!(turn.is_some());
+        let claim = keys.claim(tenant, "order-1", b"body");
+        tokio::pin!(claim);
+        let waited = tokio::time::timeout(std::time::Duration::from_millis(200), &mut claim).await;
+        assert!(waited.is_err(), "the claim ran during another writer's turn");
+        drop(turn);
+        assert!(matches!(claim.await.unwrap(), Claim::Run));
     }
 }

@@ -303,12 +303,24 @@ impl Store {
         Ok(records.pop().filter(|record| record.version == version))
     }
 
+    /// On SQLite, this process's turn of writers, for a write outside the store's own (an
+    /// idempotency key, an API key): taken, the write queues with the others rather than
+    /// polling for the database's write lock with SQLite's busy handler, which could lose to
+    /// them again and again while they keep coming. `None` on PostgreSQL, which needs none.
+    pub async fn write_turn(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+        match self.sqlite {
+            Some(_) => Some(self.sqlite_writer.lock().await),
+            None => None,
+        }
+    }
+
     pub fn connection(&self) -> &DatabaseConnection {
         &self.db
     }
 
     /// The id of the tenant called `name`, created if it does not exist yet.
     pub async fn ensure_tenant(&self, name: &str) -> Result<TenantId> {
+        let turn = self.write_turn().await;
         let row = tenant::ActiveModel {
             id: Set(Uuid::new_v4()),
             name: Set(name.to_owned()),
@@ -319,6 +331,7 @@ impl Store {
             .on_conflict_do_nothing_on([tenant::Column::Name])
             .exec(&self.db)
             .await?;
+        drop(turn);
         let found = tenant::Entity::find()
             .filter(tenant::Column::Name.eq(name))
             .one(&self.db)
