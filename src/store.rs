@@ -36,7 +36,7 @@
 use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
-use tokio::sync::OwnedMutexGuard;
+use tokio::sync::MutexGuard;
 
 use chrono::Utc;
 use sea_orm::sea_query::{Expr, ExprTrait, OnConflict};
@@ -307,7 +307,7 @@ impl Store {
     /// idempotency key, an API key): taken, the write queues with the others rather than
     /// polling for the database's write lock with SQLite's busy handler, which could lose to
     /// them again and again while they keep coming. `None` on PostgreSQL, which needs none.
-    pub async fn write_turn(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+    pub async fn write_turn(&self) -> Option<MutexGuard<'_, ()>> {
         match self.sqlite {
             Some(_) => Some(self.sqlite_writer.lock().await),
             None => None,
@@ -535,13 +535,10 @@ impl Store {
             open: true,
         };
         let Statement { sql, values, .. } = load_statement(DbBackend::Sqlite, tenant, key, false, parts);
-        let row = sqlx::query_with(
-            sqlx::AssertSqlSafe(format!("BEGIN IMMEDIATE;\n{sql}")),
-            SqlxValues(values.unwrap_or(Values(Vec::new()))),
-        )
-        .fetch_optional(&mut *tx.conn)
-        .await
-        .map_err(query_err)?;
+        let row = bound(format!("BEGIN IMMEDIATE;\n{sql}"), values)
+            .fetch_optional(&mut *tx.conn)
+            .await
+            .map_err(query_err)?;
         let planned = row
             .ok_or_else(|| Fault::not_found("profile").into())
             .and_then(|row| Ok(Loaded::from_query_result(&QueryResult::from(row), "")?))
@@ -574,12 +571,7 @@ impl Store {
             }
         };
         let Statement { sql, values, .. } = statement;
-        let stored = sqlx::query_with(
-            sqlx::AssertSqlSafe(format!("{sql};\nCOMMIT")),
-            SqlxValues(values.unwrap_or(Values(Vec::new()))),
-        )
-        .execute(&mut *tx.conn)
-        .await;
+        let stored = bound(format!("{sql};\nCOMMIT"), values).execute(&mut *tx.conn).await;
         if let Err(err) = stored {
             tx.roll_back().await;
             return Err(on_external_id(query_err(err), change));
@@ -848,11 +840,8 @@ impl Store {
 
     /// A write transaction, and on SQLite the write turn it holds until it is dropped (keep it
     /// past the commit).
-    async fn begin_write(&self) -> Result<(DatabaseTransaction, Option<OwnedMutexGuard<()>>), DbErr> {
-        let turn = match self.db.get_database_backend() {
-            DbBackend::Sqlite => Some(self.sqlite_writer.clone().lock_owned().await),
-            _ => None,
-        };
+    async fn begin_write(&self) -> Result<(DatabaseTransaction, Option<MutexGuard<'_, ()>>), DbErr> {
+        let turn = self.write_turn().await;
         let tx = self
             .db
             .begin_with_options(TransactionOptions {
@@ -996,11 +985,7 @@ impl Writes {
             request_id: Set(actor.request_id.clone()),
             at: Set(profile.updated_at),
         }));
-        let notice = Notice {
-            tenant: tenant.0,
-            profile_id: profile.id,
-            version: profile.version,
-        };
+        let notice = notice(tenant, profile);
         if self.backend == DbBackend::Postgres {
             // Delivered to every replica's listener when (and only if) the transaction commits.
             let payload = serde_json::to_string(&notice).map_err(internal)?;
@@ -1061,6 +1046,15 @@ impl Drop for SqliteWrite {
         if self.open {
             self.conn.close_on_drop();
         }
+    }
+}
+
+/// The change notice of `profile`'s version.
+fn notice(tenant: TenantId, profile: &Profile) -> Notice {
+    Notice {
+        tenant: tenant.0,
+        profile_id: profile.id,
+        version: profile.version,
     }
 }
 
@@ -1240,14 +1234,22 @@ async fn load_postgres(
 /// connection of its pool: the same binding of values, the same prepared-statement cache.
 async fn query_one_postgres(conn: &mut PgConnection, statement: Statement) -> Result<Option<QueryResult>, DbErr> {
     let Statement { sql, values, .. } = statement;
+    bound(sql, values)
+        .fetch_optional(conn)
+        .await
+        .map(|row| row.map(QueryResult::from))
+        .map_err(query_err)
+}
+
+/// `sql` with `values` bound as SeaORM binds a statement's, for a connection the store holds.
+fn bound<DB: sqlx::Database>(sql: String, values: Option<Values>) -> sqlx::query::Query<'static, DB, SqlxValues>
+where
+    SqlxValues: sqlx::IntoArguments<DB>,
+{
     sqlx::query_with(
         sqlx::AssertSqlSafe(sql),
         SqlxValues(values.unwrap_or(Values(Vec::new()))),
     )
-    .fetch_optional(conn)
-    .await
-    .map(|row| row.map(QueryResult::from))
-    .map_err(query_err)
 }
 
 /// A failure to take a connection from the pool, as SeaORM reports one.
@@ -1634,11 +1636,7 @@ async fn write_postgres(
                 .collect::<Vec<_>>(),
         )?);
     }
-    let notice = Notice {
-        tenant: tenant.0,
-        profile_id: after.id,
-        version: after.version,
-    };
+    let notice = notice(tenant, after);
     values.extend([
         Uuid::new_v4().into(),
         tenant.0.into(),
