@@ -8,7 +8,9 @@
 //!
 //! - PostgreSQL: an update first reads the profile in one statement and writes the result in
 //!   one statement that applies only if the profile is still at the version it read (see
-//!   [`Store::update`]). When it is not, or for any other write, the profile row is read with
+//!   [`Store::update`]); when this replica wrote the profile last, the update starts from what
+//!   it wrote instead of reading ([`written`]), and its write applies only at that version
+//!   too. When it does not, or for any other write, the profile row is read with
 //!   `SELECT … FOR UPDATE` (the tenant row for serial numbers and custom field definitions): a
 //!   second writer waits for the first to commit and then reads the committed row. Row locks
 //!   after one failed attempt, rather than compare-and-swap in a loop, because a hot profile
@@ -63,8 +65,10 @@ use crate::error::{Code, Error, Fault, Result, external_id_conflict};
 use crate::feed::{self, Feed, Notice};
 
 mod row;
+mod written;
 
 use row::Loaded;
+use written::{WRITTEN_BYTES, Written};
 
 /// The tenant a request acts for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -227,8 +231,8 @@ pub struct Page {
 /// How long a profile whose optimistic update lost a race stays contended after its last
 /// update (PostgreSQL): long enough to span the gaps in a burst of writers.
 const CONTENDED_FOR: Duration = Duration::from_secs(1);
-/// Most contended profiles remembered at once, each with the profile as last written; more
-/// are rare, and forgetting one only costs it a lost race.
+/// Most contended profiles remembered at once; more are rare, and forgetting one only costs it
+/// a lost race.
 const MAX_CONTENDED: u64 = 1_000;
 
 /// A turn that writes take one at a time.
@@ -240,11 +244,12 @@ type HotTurn = Arc<tokio::sync::Mutex<HotProfile>>;
 /// What the updates of a contended profile pass on to the next in turn (see [`Store::update`]).
 #[derive(Debug, Default)]
 struct HotProfile {
-    /// The profile as the last of them wrote it, when it can stand in for a read.
-    last: Option<ProfileView>,
-    /// When a remembered profile last turned out stale: someone else (another replica, or a
-    /// write that is not an update) wrote in between. For [`CONTENDED_FOR`] after that, writes
-    /// are not remembered, since the profile's writers are not all here.
+    /// The id of the profile the turn's key named when the last of them wrote it, whose
+    /// snapshot ([`Written`]) stands in for a read of a key other than an id.
+    id: Option<Uuid>,
+    /// When a snapshot last turned out stale: someone else (another replica, or a write that
+    /// is not an update) wrote in between. For [`CONTENDED_FOR`] after that, writes are not
+    /// kept, since the profile's writers are not all here.
     stale_at: Option<Instant>,
 }
 
@@ -262,6 +267,8 @@ pub struct Store {
     /// Profiles (by tenant and the key updates name them by) whose optimistic update lost a
     /// race, updated within the last [`CONTENDED_FOR`].
     contended: moka::sync::Cache<(Uuid, ProfileKey), HotTurn>,
+    /// Profiles as this replica's updates last wrote them (PostgreSQL).
+    written: Written,
     /// The turn of this process's write transactions on SQLite, which has one writer at a time.
     sqlite_writer: Turn,
 }
@@ -280,13 +287,24 @@ impl Store {
                 .max_capacity(MAX_CONTENDED)
                 .time_to_idle(CONTENDED_FOR)
                 .build(),
+            written: Written::new(WRITTEN_BYTES),
             sqlite_writer: Turn::default(),
         }
     }
 
-    /// This replica's change feed (call [`Feed::relay_from`] to hear other replicas).
+    /// This replica's change feed (see [`Store::listen`]).
     pub fn feed(&self) -> &Feed {
         &self.feed
+    }
+
+    /// On PostgreSQL, hears every replica's changes: relays their notices to this replica's
+    /// feed, and forgets the snapshots of profiles they changed since this replica wrote them.
+    /// Call it once, in a Tokio runtime; on SQLite it does nothing.
+    pub fn listen(&self) {
+        if self.postgres.is_some() {
+            self.feed.relay_from(&self.db);
+            tokio::spawn(self.written.clone().follow(self.feed.subscribe()));
+        }
     }
 
     /// Tells local subscribers about a committed change. On PostgreSQL the transaction's
@@ -477,7 +495,8 @@ impl Store {
     ///
     /// On PostgreSQL an update first tries without a transaction: one statement reads the
     /// profile, one writes the result if the profile is still at the version it read (two
-    /// round trips). If another writer got there first, it falls back to
+    /// round trips; one when this replica wrote the profile last and still holds what it
+    /// wrote, see [`written`]). If another writer got there first, it falls back to
     /// the locking transaction below, which waits for that writer instead of retrying, so a
     /// hot profile costs one wasted read per update at most; and from then on, while its
     /// updates keep coming, this replica's updates of it take turns, so that they do not
@@ -604,16 +623,20 @@ impl Store {
         };
         // Taken after the turn, so that updates waiting for their turn hold no connection.
         let mut conn = pool.acquire().await.map_err(acquire_err)?;
-        // The profile as the previous update in turn wrote it stands in for a read when it
-        // holds every part needed. It may be stale (another replica, or a write other than
-        // an update, got in between), so it is trusted only when its write applies, which
-        // it does only at the version it holds; otherwise the update reads as usual.
-        let last = turn.as_mut().and_then(|hot| hot.last.take());
+        // The profile as this replica last wrote it stands in for a read when it holds every
+        // part needed. It may be stale (see [`Written`]), so it is trusted only when its
+        // write applies, which it does only at the version it holds; otherwise the update
+        // reads as usual.
+        let id = match key {
+            ProfileKey::Id(id) => Some(*id),
+            ProfileKey::ExternalId(_) | ProfileKey::SerialNumber(_) => turn.as_ref().and_then(|hot| hot.id),
+        };
+        let last = id.and_then(|id| self.written.take(tenant, id));
         if let Some(before) = last.filter(|last| parts.within(last.parts))
             && let Ok(Plan::Write(write)) = plan(before, change, update)
         {
             if write_postgres(&mut conn, tenant, &write, update.operation, actor, change).await? {
-                remember(turn.as_deref_mut(), key, &write.updated.profile);
+                self.remember(turn.as_deref_mut(), tenant, key, &write.updated.profile);
                 return Ok(write.updated);
             }
             if let Some(hot) = turn.as_deref_mut() {
@@ -628,7 +651,7 @@ impl Store {
             Plan::Unchanged(updated) => return Ok(updated),
             Plan::Write(write) => {
                 if write_postgres(&mut conn, tenant, &write, update.operation, actor, change).await? {
-                    remember(turn.as_deref_mut(), key, &write.updated.profile);
+                    self.remember(turn.as_deref_mut(), tenant, key, &write.updated.profile);
                     return Ok(write.updated);
                 }
                 self.contended.get_with(slot, HotTurn::default);
@@ -651,7 +674,25 @@ impl Store {
             return Err(internal("a profile changed while locked"));
         }
         tx.commit().await.map_err(query_err)?;
+        self.remember(turn.as_deref_mut(), tenant, key, &write.updated.profile);
         Ok(write.updated)
+    }
+
+    /// Keeps `written`, as an update just stored it, for the next update of the profile to
+    /// start from; and in `hot`, its turn, which profile `key` named, unless a snapshot of it
+    /// turned out stale lately.
+    fn remember(&self, hot: Option<&mut HotProfile>, tenant: TenantId, key: &ProfileKey, written: &ProfileView) {
+        if let Some(hot) = hot {
+            if hot.stale_at.is_some_and(|at| at.elapsed() < CONTENDED_FOR) {
+                return;
+            }
+            let still_named = match key {
+                ProfileKey::ExternalId(external_id) => written.profile.external_id() == Some(external_id.as_str()),
+                ProfileKey::Id(_) | ProfileKey::SerialNumber(_) => true,
+            };
+            hot.id = still_named.then_some(written.profile.id);
+        }
+        self.written.keep(tenant, written);
     }
 
     pub async fn set_status(
@@ -1485,23 +1526,6 @@ fn plan(before: ProfileView, change: &ChangeSet, update: &Update<'_>) -> Result<
         true => Plan::Unchanged(updated),
         false => Plan::Write(Write { before, updated }),
     })
-}
-
-/// Keeps `written`, as an update in turn stored it, for the next update of the profile `key`
-/// names to start from. Not with custom values: a custom field defined meanwhile would not be
-/// in its definitions, and defining one changes no profile's version.
-fn remember(hot: Option<&mut HotProfile>, key: &ProfileKey, written: &ProfileView) {
-    let still_named = match key {
-        ProfileKey::ExternalId(external_id) => written.profile.external_id() == Some(external_id.as_str()),
-        ProfileKey::Id(_) | ProfileKey::SerialNumber(_) => true,
-    };
-    if let Some(hot) = hot
-        && hot.stale_at.is_none_or(|at| at.elapsed() >= CONTENDED_FOR)
-        && still_named
-        && !written.parts.custom
-    {
-        hot.last = Some(written.clone());
-    }
 }
 
 /// The profile columns an update writes, in the order [`postgres_write`] binds them from `$3`.

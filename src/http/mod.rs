@@ -127,7 +127,7 @@ pub fn router(store: Store, config: EdgeConfig) -> crate::error::Result<Router> 
         graphiql = graphiql.header("X-API-Key", key).ws_connection_param("X-API-Key", key);
     }
     // Subscribers here hear changes made through every replica.
-    store.feed().relay_from(store.connection());
+    store.listen();
     let state = AppState {
         schema: schema.data(store.clone()).finish(),
         store: store.clone(),

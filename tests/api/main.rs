@@ -16,3 +16,4 @@ mod profiles;
 mod readme;
 mod replicas;
 mod subscriptions;
+mod written;
