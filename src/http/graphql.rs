@@ -609,6 +609,32 @@ async fn read_body(state: &AppState, headers: &HeaderMap, body: Body) -> Result<
 
 /// One request or a batch (a JSON array of requests).
 fn parse_body(body: &[u8]) -> Result<(Vec<Request>, bool), Refuse> {
+    // Well-formed bodies, the usual case, are read straight into requests; the rest go
+    // through a JSON value first, to say what is wrong with them. (A request without a
+    // query reads as one with an empty query, so those go that way too.)
+    match body.iter().find(|byte| !byte.is_ascii_whitespace()) {
+        Some(b'{') => {
+            if let Ok(request) = serde_json::from_slice::<Request>(body)
+                && !request.query.is_empty()
+            {
+                return Ok((vec![request], false));
+            }
+        }
+        Some(b'[') => {
+            if let Ok(requests) = serde_json::from_slice::<Vec<Request>>(body)
+                && !requests.is_empty()
+                && requests.iter().all(|request| !request.query.is_empty())
+            {
+                return Ok((requests, true));
+            }
+        }
+        _ => {}
+    }
+    parse_value(body)
+}
+
+/// [`parse_body`] through a JSON value, which tells what is wrong with a body.
+fn parse_value(body: &[u8]) -> Result<(Vec<Request>, bool), Refuse> {
     let bad = |message: String| Refuse::new(StatusCode::BAD_REQUEST, "BAD_REQUEST", message);
     let value: Value =
         serde_json::from_slice(body).map_err(|err| bad(format!("The body is not valid JSON: {err}.")))?;
@@ -799,7 +825,10 @@ async fn run(
         let mut answers = Vec::with_capacity(prepared.len());
         for item in prepared {
             answers.push(match item {
-                Prepared::Answered { body, status } => (body, status),
+                Prepared::Answered { mut body, status } => {
+                    name_request(&mut body, request_id);
+                    (body.to_string(), status)
+                }
                 Prepared::Execute(request) => execute(state, principal, *request, media, request_id).await,
             });
         }
@@ -815,18 +844,13 @@ async fn run(
         .into_response(media, request_id);
     };
 
-    for (body, _) in &mut answers {
-        name_request(body, request_id);
-    }
     let (body, status) = if batch {
-        (
-            Value::Array(answers.into_iter().map(|(body, _)| body).collect()),
-            StatusCode::OK,
-        )
+        let bodies: Vec<String> = answers.into_iter().map(|(body, _)| body).collect();
+        (format!("[{}]", bodies.join(",")), StatusCode::OK)
     } else {
-        answers.pop().unwrap_or_else(|| (json!({}), StatusCode::OK))
+        answers.pop().unwrap_or_else(|| ("{}".to_owned(), StatusCode::OK))
     };
-    (status, [(header::CONTENT_TYPE, media.content_type())], body.to_string()).into_response()
+    (status, [(header::CONTENT_TYPE, media.content_type())], body).into_response()
 }
 
 /// Adds `requestId` to a response's `extensions`, keeping what is there.
@@ -839,27 +863,41 @@ fn name_request(body: &mut Value, request_id: RequestId) {
     }
 }
 
+/// Executes `request`: its response's JSON text, named with `request_id`, and status.
 async fn execute(
     state: &AppState,
     principal: Principal,
     request: Request,
     media: Media,
     request_id: RequestId,
-) -> (Value, StatusCode) {
+) -> (String, StatusCode) {
     let actor = Actor {
         api_key_id: Some(principal.key_id),
         request_id: Some(request_id.to_string()),
     };
     let request = request.data(principal).data(principal.tenant).data(actor);
-    let response = state.schema.execute(request).await;
-    let executed = executed(&response);
-    let mut body = serde_json::to_value(&response).unwrap_or_else(|err| {
+    let mut response = state.schema.execute(request).await;
+    let failed = |err: serde_json::Error| {
         tracing::error!(%err, "a response could not be serialised");
-        json!({ "errors": [{ "message": "Something went wrong on our side.", "extensions": { "code": "INTERNAL" } }] })
-    });
-    if executed {
-        return (body, StatusCode::OK);
+        let mut body = json!({ "errors": [{ "message": "Something went wrong on our side.", "extensions": { "code": "INTERNAL" } }] });
+        name_request(&mut body, request_id);
+        (body.to_string(), StatusCode::INTERNAL_SERVER_ERROR)
+    };
+    // The usual case goes straight to text; a request error is reshaped first (below).
+    if executed(&response) {
+        response.extensions.insert(
+            "requestId".to_owned(),
+            async_graphql::Value::String(request_id.to_string()),
+        );
+        return match serde_json::to_string(&response) {
+            Ok(body) => (body, StatusCode::OK),
+            Err(err) => failed(err),
+        };
     }
+    let mut body = match serde_json::to_value(&response) {
+        Ok(body) => body,
+        Err(err) => return failed(err),
+    };
     // A request error: the spec leaves `data` out, and every error gets a code.
     if let Value::Object(map) = &mut body {
         map.remove("data");
@@ -881,7 +919,8 @@ async fn execute(
     } else {
         StatusCode::OK
     };
-    (body, status)
+    name_request(&mut body, request_id);
+    (body.to_string(), status)
 }
 
 #[cfg(test)]
@@ -900,6 +939,43 @@ mod tests {
         let mut broken = Request::new("{ profile(");
         assert!(documents.parse(&mut broken).is_err());
         assert!(!documents.0.contains_key("{ profile("));
+    }
+
+    #[test]
+    fn a_body_read_straight_into_requests_reads_as_it_does_through_a_json_value() {
+        let outcome = |parsed: Result<(Vec<Request>, bool), Refuse>| match parsed {
+            Ok((requests, batch)) => {
+                let requests: Vec<_> = requests
+                    .iter()
+                    .map(|r| format!("{:?} {:?} {:?}", r.query, r.operation_name, r.variables))
+                    .collect();
+                format!("{requests:?} batch={batch}")
+            }
+            Err(refusal) => format!("{} {} {}", refusal.status, refusal.code, refusal.message),
+        };
+        let bodies = [
+            r#"{"query": "{ a }"}"#,
+            r#" {"query": "query A($x: Int) { a(x: $x) }", "operationName": "A", "variables": {"x": 1}}"#,
+            r#"{"query": "{ a }", "variables": null, "extensions": {}}"#,
+            r#"[{"query": "{ a }"}, {"query": "{ b }"}]"#,
+            r#"{"query": "{ a }", "query": "{ b }"}"#,
+            r#"{"query": ""}"#,
+            r#"{"query": null}"#,
+            r#"{"variables": {}}"#,
+            r#"{"query": "{ a }", "variables": [1]}"#,
+            r#"[{"query": "{ a }"}, {}]"#,
+            "[]",
+            "{",
+            "42",
+        ];
+        for body in bodies {
+            assert_eq!(
+                outcome(parse_body(body.as_bytes())),
+                outcome(parse_value(body.as_bytes())),
+                "{body}"
+            );
+        }
+        assert!(parse_body(bodies[0].as_bytes()).is_ok());
     }
 
     #[test]
