@@ -7,7 +7,7 @@
 //! does not apply is read and planned again. So that stale snapshots stay rare with many
 //! replicas, each replica forgets a snapshot when the change feed announces a later version
 //! of its profile ([`Written::follow`]); only a change that lands between a write and its
-//! snapshot being kept can slip past.
+//! snapshot being kept, or while the replica's listener reconnects, can slip past.
 //!
 //! Snapshots with custom values are not kept: a custom field defined since would be missing
 //! from their definitions, and defining one changes no profile's version.
