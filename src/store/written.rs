@@ -205,26 +205,26 @@ mod tests {
         for id in [stale, fresh, missed] {
             written.keep(TENANT, &view(id, 2, Parts::ROW));
         }
-        let notice = |profile_id, version| Notice {
-            tenant: TENANT.0,
-            profile_id,
-            version,
+        // A feed of `notices` (profile, version) through a channel of `capacity`, then closed.
+        let follow = |capacity: usize, notices: &[(Uuid, i32)]| {
+            let (sender, receiver) = broadcast::channel(capacity);
+            for &(profile_id, version) in notices {
+                let notice = Notice {
+                    tenant: TENANT.0,
+                    profile_id,
+                    version,
+                };
+                sender.send(notice).unwrap();
+            }
+            written.clone().follow(receiver)
         };
-        let (sender, notices) = broadcast::channel(4);
-        sender.send(notice(stale, 3)).unwrap();
-        sender.send(notice(fresh, 2)).unwrap();
-        drop(sender);
-        written.clone().follow(notices).await;
+        follow(4, &[(stale, 3), (fresh, 2)]).await;
         assert!(written.take(TENANT, stale).is_none());
         assert!(written.take(TENANT, fresh).is_some());
         assert!(written.take(TENANT, missed).is_some());
 
         written.keep(TENANT, &view(missed, 2, Parts::ROW));
-        let (sender, notices) = broadcast::channel(1);
-        sender.send(notice(stale, 4)).unwrap();
-        sender.send(notice(stale, 5)).unwrap();
-        drop(sender);
-        written.clone().follow(notices).await;
+        follow(1, &[(stale, 4), (stale, 5)]).await;
         assert!(written.take(TENANT, missed).is_none());
     }
 

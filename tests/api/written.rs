@@ -85,23 +85,21 @@ async fn a_profile_closed_or_deleted_through_another_replica_takes_no_update_thr
     let b = a.replica().await;
     let update = json!({"scrip": {"attributes": {"a": 1}}});
 
-    let closed = create(&a).await;
-    slim(&a, &closed, update.clone()).await;
-    b.ok(
-        "mutation($id: ID!) { setProfileStatus(ref: {id: $id}, status: CLOSED) { version } }",
-        json!({ "id": closed }),
-    )
-    .await;
-    let error = a.error(SLIM, json!({ "id": closed, "update": update })).await;
-    assert_eq!(error["extensions"]["code"], "PROFILE_CLOSED", "{error}");
-
-    let deleted = create(&a).await;
-    slim(&a, &deleted, update.clone()).await;
-    b.ok(
-        "mutation($id: ID!) { deleteProfile(ref: {id: $id}) { id } }",
-        json!({ "id": deleted }),
-    )
-    .await;
-    let error = a.error(SLIM, json!({ "id": deleted, "update": update })).await;
-    assert_eq!(error["extensions"]["code"], "NOT_FOUND", "{error}");
+    let writes_through_b = [
+        (
+            "mutation($id: ID!) { setProfileStatus(ref: {id: $id}, status: CLOSED) { id } }",
+            "PROFILE_CLOSED",
+        ),
+        (
+            "mutation($id: ID!) { deleteProfile(ref: {id: $id}) { id } }",
+            "NOT_FOUND",
+        ),
+    ];
+    for (write, code) in writes_through_b {
+        let id = create(&a).await;
+        slim(&a, &id, update.clone()).await;
+        b.ok(write, json!({ "id": id })).await;
+        let error = a.error(SLIM, json!({ "id": id, "update": update })).await;
+        assert_eq!(error["extensions"]["code"], code, "{write}: {error}");
+    }
 }
