@@ -126,7 +126,7 @@ pub fn router(store: Store, config: EdgeConfig) -> crate::error::Result<Router> 
     if let Some(key) = &config.graphiql_key {
         graphiql = graphiql.header("X-API-Key", key).ws_connection_param("X-API-Key", key);
     }
-    // Subscribers here hear changes made through every replica.
+    // Every replica's changes: for subscribers here, and to forget kept profiles they changed.
     store.listen();
     let state = AppState {
         schema: schema.data(store.clone()).finish(),
