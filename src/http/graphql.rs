@@ -128,12 +128,11 @@ impl Refuse {
     }
 
     fn into_response(self, media: Media, request_id: RequestId) -> Response {
-        let mut body = json!({ "errors": [{ "message": self.message, "extensions": { "code": self.code } }] });
-        name_request(&mut body, request_id);
+        let body = json!({ "errors": [{ "message": self.message, "extensions": { "code": self.code } }] });
         let mut response = (
             self.status,
             [(header::CONTENT_TYPE, media.content_type())],
-            body.to_string(),
+            named(body, request_id),
         )
             .into_response();
         match self.status {
@@ -825,10 +824,7 @@ async fn run(
         let mut answers = Vec::with_capacity(prepared.len());
         for item in prepared {
             answers.push(match item {
-                Prepared::Answered { mut body, status } => {
-                    name_request(&mut body, request_id);
-                    (body.to_string(), status)
-                }
+                Prepared::Answered { body, status } => (named(body, request_id), status),
                 Prepared::Execute(request) => execute(state, principal, *request, media, request_id).await,
             });
         }
@@ -853,14 +849,15 @@ async fn run(
     (status, [(header::CONTENT_TYPE, media.content_type())], body).into_response()
 }
 
-/// Adds `requestId` to a response's `extensions`, keeping what is there.
-fn name_request(body: &mut Value, request_id: RequestId) {
-    if let Value::Object(map) = body {
+/// A response's text, with `requestId` added to its `extensions` (keeping what is there).
+fn named(mut body: Value, request_id: RequestId) -> String {
+    if let Value::Object(map) = &mut body {
         let extensions = map.entry("extensions").or_insert_with(|| json!({}));
         if let Value::Object(extensions) = extensions {
             extensions.insert("requestId".to_owned(), json!(request_id.to_string()));
         }
     }
+    body.to_string()
 }
 
 /// Executes `request`: its response's JSON text, named with `request_id`, and status.
@@ -879,9 +876,8 @@ async fn execute(
     let mut response = state.schema.execute(request).await;
     let failed = |err: serde_json::Error| {
         tracing::error!(%err, "a response could not be serialised");
-        let mut body = json!({ "errors": [{ "message": "Something went wrong on our side.", "extensions": { "code": "INTERNAL" } }] });
-        name_request(&mut body, request_id);
-        (body.to_string(), StatusCode::INTERNAL_SERVER_ERROR)
+        let body = json!({ "errors": [{ "message": "Something went wrong on our side.", "extensions": { "code": "INTERNAL" } }] });
+        (named(body, request_id), StatusCode::INTERNAL_SERVER_ERROR)
     };
     // The usual case goes straight to text; a request error is reshaped first (below).
     if executed(&response) {
@@ -919,8 +915,7 @@ async fn execute(
     } else {
         StatusCode::OK
     };
-    name_request(&mut body, request_id);
-    (body.to_string(), status)
+    (named(body, request_id), status)
 }
 
 #[cfg(test)]
