@@ -361,6 +361,26 @@ fn sigterm_drains_in_flight_requests_closes_subscriptions_and_exits_0() {
     });
     let status = served.exit_status(Duration::from_secs(10)).expect("the server exits");
     assert!(status.success(), "{status:?}");
+    // The log thread writes out what was queued before the process ends.
+    let last = std::iter::from_fn(|| served.log.recv_timeout(Duration::from_secs(10)).ok()).last();
+    assert!(last.as_deref().is_some_and(|line| line.contains("stopped")), "{last:?}");
+}
+
+#[test]
+fn a_server_that_cannot_open_its_database_says_why_and_exits_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("no-such-folder/profiles.db").display());
+    let output = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--database-url", &url])
+        .env("RUST_LOG", "info")
+        .output()
+        .expect("the binary runs");
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.lines().any(|line| line.contains("ERROR") && line.contains("unable to open database file")),
+        "{stderr}"
+    );
 }
 
 /// graphql-http's audits of the GraphQL over HTTP specification, against the real binary.
