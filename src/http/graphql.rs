@@ -200,7 +200,7 @@ enum Method {
 }
 
 pub async fn post(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     RequestExtension(request_id): RequestExtension<RequestId>,
     headers: HeaderMap,
     body: Body,
@@ -353,7 +353,7 @@ async fn remember(state: &AppState, tenant: TenantId, key: &str, response: Respo
 
 /// GET: a query in the query string, or a WebSocket upgrade for subscriptions.
 pub async fn get(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     RequestExtension(request_id): RequestExtension<RequestId>,
     request: axum::extract::Request,
 ) -> Response {
@@ -379,7 +379,7 @@ pub async fn get(
 /// Subscriptions over the graphql-transport-ws protocol (and the older graphql-ws). The key
 /// comes in the `connection_init` payload (`{"X-API-Key": KEY}`, `{"apiKey": KEY}` or
 /// `{"Authorization": "Bearer KEY"}`), or as a header of the upgrade request.
-async fn subscribe(state: AppState, mut parts: axum::http::request::Parts) -> Response {
+async fn subscribe(state: Arc<AppState>, mut parts: axum::http::request::Parts) -> Response {
     let upgrade = match WebSocketUpgrade::from_request_parts(&mut parts, &state).await {
         Ok(upgrade) => upgrade,
         Err(rejection) => return rejection.into_response(),
@@ -390,12 +390,12 @@ async fn subscribe(state: AppState, mut parts: axum::http::request::Parts) -> Re
     };
     let header_key = presented_key(&parts.headers).map(str::to_owned);
     let executor = SubscriptionsOnly {
-        schema: state.schema,
-        index: state.index,
-        limits: state.limits,
+        schema: state.schema.clone(),
+        index: state.index.clone(),
+        limits: state.limits.clone(),
     };
-    let keys = state.keys;
-    let lifecycle = state.lifecycle;
+    let keys = state.keys.clone();
+    let lifecycle = state.lifecycle.clone();
     upgrade.protocols(ALL_WEBSOCKET_PROTOCOLS).on_upgrade(move |socket| {
         let sockets = lifecycle.sockets.clone();
         // The GraphQL side writes into a channel that this task forwards to the socket, so that

@@ -97,7 +97,7 @@ impl fmt::Display for RequestId {
     }
 }
 
-#[derive(Clone)]
+/// What every handler shares, behind one `Arc` (axum clones the state for every request).
 pub(crate) struct AppState {
     schema: AppSchema,
     store: Store,
@@ -128,7 +128,7 @@ pub fn router(store: Store, config: EdgeConfig) -> crate::error::Result<Router> 
     }
     // Every replica's changes: for subscribers here, and to forget kept profiles they changed.
     store.listen();
-    let state = AppState {
+    let state = Arc::new(AppState {
         schema: schema.data(store.clone()).finish(),
         store: store.clone(),
         keys: Keys::cached(store.clone(), config.api_key_cache),
@@ -138,13 +138,13 @@ pub fn router(store: Store, config: EdgeConfig) -> crate::error::Result<Router> 
         documents: graphql::Documents::new(),
         graphiql: graphiql.finish().into(),
         lifecycle: config.lifecycle,
-    };
+    });
     Ok(Router::new()
         .route("/", get(|| async { Redirect::temporary("/graphiql") }))
         .route("/graphql", get(graphql::get).post(graphql::post))
         .route(
             "/graphiql",
-            get(|state: axum::extract::State<AppState>| async move { Html(state.graphiql.to_string()) }),
+            get(|state: axum::extract::State<Arc<AppState>>| async move { Html(state.graphiql.to_string()) }),
         )
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
@@ -155,7 +155,7 @@ pub fn router(store: Store, config: EdgeConfig) -> crate::error::Result<Router> 
 
 /// Ready when the database answers within two seconds: a load balancer sends no traffic to a
 /// replica that cannot reach it.
-async fn readyz(axum::extract::State(state): axum::extract::State<AppState>) -> Response {
+async fn readyz(axum::extract::State(state): axum::extract::State<Arc<AppState>>) -> Response {
     let ping = tokio::time::timeout(std::time::Duration::from_secs(2), state.store.connection().ping()).await;
     match ping {
         Ok(Ok(())) => (StatusCode::OK, "ready").into_response(),
