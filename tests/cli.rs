@@ -378,7 +378,9 @@ fn a_server_that_cannot_open_its_database_says_why_and_exits_1() {
     assert_eq!(output.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
-        stderr.lines().any(|line| line.contains("ERROR") && line.contains("unable to open database file")),
+        stderr
+            .lines()
+            .any(|line| line.contains("ERROR") && line.contains("unable to open database file")),
         "{stderr}"
     );
 }

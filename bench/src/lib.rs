@@ -884,8 +884,14 @@ impl Report {
                     format!("{}, {workload}: p99 ≤ 10 ms at half the maximum rate", kind.name()),
                     find(kind, workload, RATE).map(|s| (format!("{:.2} ms", s.p99_ms), s.p99_ms <= 10.0)),
                 );
+                // With one connection count there is no larger one to name.
+                let larger = if most == first {
+                    "more connections'"
+                } else {
+                    most.as_str()
+                };
                 judge(
-                    format!("{}, {workload}: {most} req/s ≥ 90% of {first}'s", kind.name()),
+                    format!("{}, {workload}: {larger} req/s ≥ 90% of {first}'s", kind.name()),
                     find(kind, workload, &most)
                         .zip(find(kind, workload, &first))
                         // Only one connection count measured: nothing to compare.
