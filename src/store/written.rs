@@ -14,6 +14,7 @@
 
 use std::sync::Arc;
 
+use moka::ops::compute::Op;
 use serde_json::Value;
 use tokio::sync::broadcast::{self, error::RecvError};
 use uuid::Uuid;
@@ -48,33 +49,30 @@ impl Written {
     }
 
     /// Keeps `view`, just written, unless it holds custom values (see the module's header) or
-    /// a later version of the profile is kept already.
+    /// a later version of the profile is kept already (checked and kept in one step, so that
+    /// of two updates of the profile finishing at once the later version stays).
     pub(super) fn keep(&self, tenant: TenantId, view: &ProfileView) {
         if view.parts.custom {
             return;
         }
-        let key = (tenant.0, view.profile.id);
-        if self
-            .0
-            .get(&key)
-            .is_some_and(|kept| kept.profile.version >= view.profile.version)
-        {
-            return;
-        }
-        self.0.insert(key, Arc::new(view.clone()));
+        self.0
+            .entry((tenant.0, view.profile.id))
+            .and_compute_with(|kept| match kept {
+                Some(kept) if kept.value().profile.version >= view.profile.version => Op::Nop,
+                _ => Op::Put(Arc::new(view.clone())),
+            });
     }
 
     /// Forgets the profile `notice` names if what is kept of it is older than the version
-    /// the notice announces.
+    /// the notice announces (checked and forgotten in one step, so that a later version kept
+    /// meanwhile stays).
     pub(super) fn forget_older(&self, notice: &Notice) {
-        let key = (notice.tenant, notice.profile_id);
-        if self
-            .0
-            .get(&key)
-            .is_some_and(|kept| kept.profile.version < notice.version)
-        {
-            self.0.invalidate(&key);
-        }
+        self.0
+            .entry((notice.tenant, notice.profile_id))
+            .and_compute_with(|kept| match kept {
+                Some(kept) if kept.value().profile.version < notice.version => Op::Remove,
+                _ => Op::Nop,
+            });
     }
 
     /// Forgets what later notices make stale, until the feed closes; when notices were
