@@ -43,7 +43,7 @@ use tokio::sync::MutexGuard;
 use chrono::Utc;
 use sea_orm::sea_query::{Expr, ExprTrait, OnConflict};
 use sea_orm::sqlx::pool::PoolConnection;
-use sea_orm::sqlx::{self, PgConnection, PgPool, Sqlite, SqlitePool};
+use sea_orm::sqlx::{self, PgConnection, Sqlite, SqlitePool};
 use sea_orm::{
     AccessMode, ActiveModelTrait, ActiveValue::Set, ColumnTrait, Condition, ConnAcquireErr, ConnectionTrait,
     DatabaseConnection, DatabaseExecutor, DatabaseTransaction, DbBackend, DbErr, EntityTrait, FromQueryResult,
@@ -64,9 +64,11 @@ use crate::entity::{
 use crate::error::{Code, Error, Fault, Result, external_id_conflict};
 use crate::feed::{self, Feed, Notice};
 
+mod held;
 mod row;
 mod written;
 
+use held::Held;
 use row::Loaded;
 use written::{WRITTEN_BYTES, Written};
 
@@ -235,6 +237,10 @@ const CONTENDED_FOR: Duration = Duration::from_secs(1);
 /// a lost race.
 const MAX_CONTENDED: u64 = 1_000;
 
+/// Connections of a PostgreSQL pool left to everything but profile reads and updates, which
+/// keep the rest ([`held`]).
+const POOL_BESIDES_HELD: u32 = 2;
+
 /// A turn that writes take one at a time.
 type Turn = Arc<tokio::sync::Mutex<()>>;
 
@@ -257,9 +263,10 @@ struct HotProfile {
 #[derive(Debug, Clone)]
 pub struct Store {
     db: DatabaseConnection,
-    /// The pool under `db` when it is PostgreSQL's: an update holds one of its connections for
-    /// its read and its write (see [`Store::update`]).
-    postgres: Option<PgPool>,
+    /// Connections of the pool under `db`, when it is PostgreSQL's, that reads and updates
+    /// keep between requests ([`held`]): an update holds one for its read and its write (see
+    /// [`Store::update`]).
+    postgres: Option<Held>,
     /// The pool under `db` when it is SQLite's: an update holds one of its connections from its
     /// `BEGIN` to its `COMMIT` (see [`Store::update_sqlite`]).
     sqlite: Option<SqlitePool>,
@@ -275,8 +282,12 @@ pub struct Store {
 
 impl Store {
     pub fn new(db: DatabaseConnection) -> Self {
-        let postgres =
-            (db.get_database_backend() == DbBackend::Postgres).then(|| db.get_postgres_connection_pool().clone());
+        let postgres = (db.get_database_backend() == DbBackend::Postgres).then(|| {
+            let pool = db.get_postgres_connection_pool().clone();
+            // The rest of the pool serves everything else (API keys, history, creates, …).
+            let size = pool.options().get_max_connections().saturating_sub(POOL_BESIDES_HELD);
+            Held::new(pool, std::cmp::max(size, 1) as usize)
+        });
         let sqlite = (db.get_database_backend() == DbBackend::Sqlite).then(|| db.get_sqlite_connection_pool().clone());
         Store {
             db,
@@ -360,10 +371,16 @@ impl Store {
 
     /// The profile `key` names with `parts`, read by one statement (one consistent snapshot).
     pub async fn find(&self, tenant: TenantId, key: &ProfileKey, parts: Parts) -> Result<Option<ProfileView>> {
-        load(&self.db, tenant, key, false, parts)
-            .await?
-            .map(|loaded| loaded.into_view(parts))
-            .transpose()
+        let loaded = match &self.postgres {
+            Some(held) => {
+                let mut conn = held.lend().await?;
+                let loaded = load_postgres(&mut conn, tenant, key, false, parts).await?;
+                conn.done();
+                loaded
+            }
+            None => load(&self.db, tenant, key, false, parts).await?,
+        };
+        loaded.map(|loaded| loaded.into_view(parts)).transpose()
     }
 
     /// Up to `first` profiles after serial number `after`, with `parts`, and, when `count`
@@ -521,8 +538,8 @@ impl Store {
             custom: change.touches_custom(),
         });
         match (&self.postgres, &self.sqlite) {
-            (Some(pool), _) => {
-                self.update_postgres(pool, tenant, key, change, update, actor, parts)
+            (Some(held), _) => {
+                self.update_postgres(held, tenant, key, change, update, actor, parts)
                     .await
             }
             (None, Some(pool)) => {
@@ -600,14 +617,14 @@ impl Store {
         Ok(updated)
     }
 
-    /// [`Store::update`] on PostgreSQL, on one connection of `pool` from the first statement
+    /// [`Store::update`] on PostgreSQL, on one connection of `held` from the first statement
     /// to the last. SeaORM would take a connection from the pool for each statement, and sqlx
     /// checks every connection that goes back to its pool with a round trip of its own, so
-    /// holding one saves the database a round trip per update.
+    /// holding one, and keeping it after, saves the database round trips.
     #[allow(clippy::too_many_arguments)]
     async fn update_postgres(
         &self,
-        pool: &PgPool,
+        held: &Held,
         tenant: TenantId,
         key: &ProfileKey,
         change: &ChangeSet,
@@ -622,60 +639,68 @@ impl Store {
             None => None,
         };
         // Taken after the turn, so that updates waiting for their turn hold no connection.
-        let mut conn = pool.acquire().await.map_err(acquire_err)?;
-        // The profile as this replica last wrote it stands in for a read when it holds every
-        // part needed. It may be stale (see [`Written`]), so it is trusted only when its
-        // write applies, which it does only at the version it holds; otherwise the update
-        // reads as usual.
-        let id = match key {
-            ProfileKey::Id(id) => Some(*id),
-            ProfileKey::ExternalId(_) | ProfileKey::SerialNumber(_) => turn.as_ref().and_then(|hot| hot.id),
-        };
-        let last = id.and_then(|id| self.written.take(tenant, id));
-        if let Some(before) = last.filter(|last| parts.within(last.parts))
-            && let Ok(Plan::Write(write)) = plan(before, change, update)
-        {
-            if write_postgres(&mut conn, tenant, &write, update.operation, actor, change).await? {
-                self.remember(turn.as_deref_mut(), tenant, key, &write.updated.profile);
-                return Ok(write.updated);
-            }
-            if let Some(hot) = turn.as_deref_mut() {
-                hot.stale_at = Some(Instant::now());
-            }
-        }
-        let before = load_postgres(&mut conn, tenant, key, false, parts)
-            .await?
-            .ok_or_else(|| Fault::not_found("profile"))?
-            .into_view(parts)?;
-        match plan(before, change, update)? {
-            Plan::Unchanged(updated) => return Ok(updated),
-            Plan::Write(write) => {
+        let mut conn = held.lend().await?;
+        let updated: Result<Updated> = async {
+            // The profile as this replica last wrote it stands in for a read when it holds every
+            // part needed. It may be stale (see [`Written`]), so it is trusted only when its
+            // write applies, which it does only at the version it holds; otherwise the update
+            // reads as usual.
+            let id = match key {
+                ProfileKey::Id(id) => Some(*id),
+                ProfileKey::ExternalId(_) | ProfileKey::SerialNumber(_) => turn.as_ref().and_then(|hot| hot.id),
+            };
+            let last = id.and_then(|id| self.written.take(tenant, id));
+            if let Some(before) = last.filter(|last| parts.within(last.parts))
+                && let Ok(Plan::Write(write)) = plan(before, change, update)
+            {
                 if write_postgres(&mut conn, tenant, &write, update.operation, actor, change).await? {
                     self.remember(turn.as_deref_mut(), tenant, key, &write.updated.profile);
                     return Ok(write.updated);
                 }
-                self.contended.get_with(slot, HotTurn::default);
+                if let Some(hot) = turn.as_deref_mut() {
+                    hot.stale_at = Some(Instant::now());
+                }
             }
-        }
-        // Lost a race: read under the row lock, on the same connection.
-        let mut tx = sqlx::Connection::begin(&mut *conn).await.map_err(query_err)?;
-        let before = load_postgres(&mut tx, tenant, key, true, parts)
-            .await?
-            .ok_or_else(|| Fault::not_found("profile"))?
-            .into_view(parts)?;
-        let write = match plan(before, change, update)? {
-            Plan::Unchanged(updated) => {
-                tx.rollback().await.map_err(query_err)?;
-                return Ok(updated);
+            let before = load_postgres(&mut conn, tenant, key, false, parts)
+                .await?
+                .ok_or_else(|| Fault::not_found("profile"))?
+                .into_view(parts)?;
+            match plan(before, change, update)? {
+                Plan::Unchanged(updated) => return Ok(updated),
+                Plan::Write(write) => {
+                    if write_postgres(&mut conn, tenant, &write, update.operation, actor, change).await? {
+                        self.remember(turn.as_deref_mut(), tenant, key, &write.updated.profile);
+                        return Ok(write.updated);
+                    }
+                    self.contended.get_with(slot, HotTurn::default);
+                }
             }
-            Plan::Write(write) => write,
-        };
-        if !write_postgres(&mut tx, tenant, &write, update.operation, actor, change).await? {
-            return Err(internal("a profile changed while locked"));
+            // Lost a race: read under the row lock, on the same connection.
+            let mut tx = sqlx::Connection::begin(&mut *conn).await.map_err(query_err)?;
+            let before = load_postgres(&mut tx, tenant, key, true, parts)
+                .await?
+                .ok_or_else(|| Fault::not_found("profile"))?
+                .into_view(parts)?;
+            let write = match plan(before, change, update)? {
+                Plan::Unchanged(updated) => {
+                    tx.rollback().await.map_err(query_err)?;
+                    return Ok(updated);
+                }
+                Plan::Write(write) => write,
+            };
+            if !write_postgres(&mut tx, tenant, &write, update.operation, actor, change).await? {
+                return Err(internal("a profile changed while locked"));
+            }
+            tx.commit().await.map_err(query_err)?;
+            self.remember(turn.as_deref_mut(), tenant, key, &write.updated.profile);
+            Ok(write.updated)
         }
-        tx.commit().await.map_err(query_err)?;
-        self.remember(turn.as_deref_mut(), tenant, key, &write.updated.profile);
-        Ok(write.updated)
+        .await;
+        // Every way to `Ok` above ends the transaction it began, if any.
+        if updated.is_ok() {
+            conn.done();
+        }
+        updated
     }
 
     /// Keeps `written`, as an update just stored it, for the next update of the profile to
