@@ -18,9 +18,9 @@ const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 /// within its own timeout.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// Connections in a PostgreSQL pool: 10 (sqlx's default) that profile reads and updates keep
-/// between requests, and 2 for everything else (see `crate::store`'s `held` module).
-const POSTGRES_POOL_SIZE: u32 = 12;
+/// Connections in a PostgreSQL pool (sqlx's default). Profile reads and updates keep as many
+/// of their own besides (see `crate::store`'s `held` module).
+const POSTGRES_POOL_SIZE: u32 = 10;
 
 /// Connections in a SQLite pool. SeaORM's default for SQLite is one, which queues every read
 /// behind every other statement; in WAL mode readers run beside the one writer. Each

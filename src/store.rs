@@ -237,9 +237,9 @@ const CONTENDED_FOR: Duration = Duration::from_secs(1);
 /// a lost race.
 const MAX_CONTENDED: u64 = 1_000;
 
-/// Connections of a PostgreSQL pool left to everything but profile reads and updates, which
-/// keep the rest ([`held`]).
-const POOL_BESIDES_HELD: u32 = 2;
+/// Connections that profile reads and updates keep on PostgreSQL ([`held`]), besides the pool
+/// under the store's `DatabaseConnection`, which serves everything else.
+const HELD_CONNECTIONS: usize = 10;
 
 /// A turn that writes take one at a time.
 type Turn = Arc<tokio::sync::Mutex<()>>;
@@ -282,12 +282,8 @@ pub struct Store {
 
 impl Store {
     pub fn new(db: DatabaseConnection) -> Self {
-        let postgres = (db.get_database_backend() == DbBackend::Postgres).then(|| {
-            let pool = db.get_postgres_connection_pool().clone();
-            // The rest of the pool serves everything else (API keys, history, creates, …).
-            let size = pool.options().get_max_connections().saturating_sub(POOL_BESIDES_HELD);
-            Held::new(pool, std::cmp::max(size, 1) as usize)
-        });
+        let postgres = (db.get_database_backend() == DbBackend::Postgres)
+            .then(|| Held::new(db.get_postgres_connection_pool().clone(), HELD_CONNECTIONS));
         let sqlite = (db.get_database_backend() == DbBackend::Sqlite).then(|| db.get_sqlite_connection_pool().clone());
         Store {
             db,

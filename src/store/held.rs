@@ -3,25 +3,27 @@
 //! sqlx checks every connection that goes back to its pool with a round trip (`return_to_pool`
 //! pings it, and no option turns that off), so a read through the pool costs the database two
 //! round trips, and the server a wake-up more, where one would do. perf put it at about a
-//! tenth of the server's CPU per read. This pool keeps up to [`Held::new`]'s `size` of sqlx's
-//! connections checked out and lends them to reads and updates in turn, the one used last
-//! first, with no round trip between two loans.
+//! tenth of the server's CPU per read. This pool keeps up to [`Held::new`]'s `size`
+//! connections of its own (opened as sqlx's pool opens its connections, then detached from it,
+//! so the pool's own connections all stay for everything else) and lends them to reads and
+//! updates in turn, the one used last first, with no round trip between two loans.
 //!
 //! sqlx's ping is there for connections whose use was cut short: a request cancelled in the
 //! middle of a statement, a failed statement, a transaction dropped without its `COMMIT`
 //! (whose `ROLLBACK` sqlx queues until the next round trip). So a loan ends in one of two ways:
-//! [`Loan::done`] after a use that finished, which keeps the connection; and anything else (an
-//! error, or the loan dropped while in use), which gives the connection back to sqlx's pool, whose
-//! ping sends that `ROLLBACK` and closes the connection if it is broken. A connection idle for
-//! [`PING_WHEN_IDLE_FOR`] is pinged before it is lent again, as sqlx's pool does before it
-//! hands one out, since a restarted server or a proxy may have dropped it.
+//! [`Loan::done`] after a use that finished, which keeps the connection as it is; and anything
+//! else (an error, or the loan dropped while in use), after which a task of its own pings the
+//! connection, sending that `ROLLBACK` on its way, and keeps it if it answers and closes it if
+//! not. A connection idle for [`PING_WHEN_IDLE_FOR`] is pinged before it is lent again, as
+//! sqlx's pool does before it hands one out, since a restarted server or a proxy may have
+//! dropped it.
 
 use std::ops::{Deref, DerefMut};
 use std::time::Duration;
 
 use deadpool::managed::{self, Metrics, Object, PoolError, QueueMode, RecycleResult};
 use sea_orm::sqlx::pool::PoolConnection;
-use sea_orm::sqlx::{self, Connection, PgConnection, PgPool, Postgres};
+use sea_orm::sqlx::{self, Connection, PgConnection, PgPool};
 use sea_orm::{ConnAcquireErr, DbErr};
 
 use super::acquire_err;
@@ -30,15 +32,15 @@ use super::acquire_err;
 /// under it, see `crate::db`).
 const PING_WHEN_IDLE_FOR: Duration = Duration::from_secs(1);
 
-/// Connections of a sqlx pool, kept checked out and lent in turn; cheap to clone.
+/// Connections opened as a sqlx pool opens its own, kept and lent in turn; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Held {
     pool: managed::Pool<Lender>,
 }
 
 impl Held {
-    /// Keeps up to `size` of `pool`'s connections. `pool` must hold more than `size`, or
-    /// whatever else uses it waits for a connection that never comes back.
+    /// Keeps up to `size` connections, opened through `pool` (and its timeout) and then
+    /// detached from it.
     pub fn new(pool: PgPool, size: usize) -> Self {
         let wait = pool.options().get_acquire_timeout();
         let pool = managed::Pool::builder(Lender(pool))
@@ -67,8 +69,8 @@ impl Held {
     }
 }
 
-/// A connection on loan: kept when [`Loan::done`] ends the loan, given back to sqlx's pool
-/// (and so pinged) when it is dropped without.
+/// A connection on loan: kept as it is when [`Loan::done`] ends the loan, pinged first when it
+/// is dropped without.
 #[derive(Debug)]
 pub struct Loan(Option<Object<Lender>>);
 
@@ -83,9 +85,18 @@ impl Loan {
 
 impl Drop for Loan {
     fn drop(&mut self) {
-        // Not done: sqlx's pool pings the connection (after sending any queued `ROLLBACK`),
-        // and keeps it or closes it.
-        if let Some(object) = self.0.take() {
+        let Some(mut object) = self.0.take() else { return };
+        // Not done: the ping sends any queued `ROLLBACK` and tells whether the connection still
+        // answers. Without a runtime to run it on (only while the process stops), the
+        // connection is closed, which ends its transaction too.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                if let Err(err) = object.ping().await {
+                    tracing::warn!(error = %err, "a database connection broke off and is closed");
+                    drop(Object::take(object));
+                }
+            });
+        } else {
             drop(Object::take(object));
         }
     }
@@ -111,19 +122,19 @@ impl DerefMut for Loan {
     }
 }
 
-/// Takes connections from sqlx's pool for [`Held`], and checks those idle for a while.
+/// Opens connections for [`Held`] through a sqlx pool, and checks those idle for a while.
 #[derive(Debug)]
 struct Lender(PgPool);
 
 impl managed::Manager for Lender {
-    type Type = PoolConnection<Postgres>;
+    type Type = PgConnection;
     type Error = sqlx::Error;
 
-    async fn create(&self) -> Result<PoolConnection<Postgres>, sqlx::Error> {
-        self.0.acquire().await
+    async fn create(&self) -> Result<PgConnection, sqlx::Error> {
+        self.0.acquire().await.map(PoolConnection::detach)
     }
 
-    async fn recycle(&self, conn: &mut PoolConnection<Postgres>, metrics: &Metrics) -> RecycleResult<sqlx::Error> {
+    async fn recycle(&self, conn: &mut PgConnection, metrics: &Metrics) -> RecycleResult<sqlx::Error> {
         if metrics.last_used() >= PING_WHEN_IDLE_FOR {
             conn.ping().await?;
         }
@@ -157,25 +168,30 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_loan_that_is_done_keeps_its_connection_out_of_sqlx_pool_for_the_next_loan() {
-        let Some(pool) = pool(2).await else { return };
+    async fn a_loan_that_is_done_keeps_its_connection_for_the_next_loan_and_out_of_sqlx_pool() {
+        let Some(pool) = pool(1).await else { return };
         let held = Held::new(pool.clone(), 1);
         let mut loan = held.lend().await.unwrap();
         let first = backend(&mut loan).await;
         loan.done();
-        // Still checked out of sqlx's pool: it never went back, so it was never pinged.
-        assert_eq!((pool.size(), pool.num_idle()), (1, 0));
         let mut loan = held.lend().await.unwrap();
         assert_eq!(backend(&mut loan).await, first);
         loan.done();
+        // The whole of sqlx's pool is left to everything else, even while the loans keep theirs.
+        let mut other = tokio::time::timeout(Duration::from_secs(2), pool.acquire())
+            .await
+            .expect("sqlx's pool has a connection to spare")
+            .unwrap();
+        assert_ne!(backend(&mut other).await, first);
     }
 
     #[tokio::test]
-    async fn a_loan_dropped_inside_a_transaction_goes_back_to_sqlx_whose_ping_rolls_it_back() {
-        let Some(pool) = pool(2).await else { return };
+    async fn a_loan_dropped_inside_a_transaction_is_pinged_which_rolls_it_back_and_keeps_it() {
+        let Some(pool) = pool(1).await else { return };
         let held = Held::new(pool.clone(), 1);
         let key = i64::from_ne_bytes(uuid::Uuid::new_v4().as_bytes()[..8].try_into().unwrap());
         let mut loan = held.lend().await.unwrap();
+        let first = backend(&mut loan).await;
         let mut tx = sqlx::Connection::begin(&mut *loan).await.unwrap();
         sqlx::query("SELECT pg_advisory_xact_lock($1)")
             .bind(key)
@@ -204,5 +220,9 @@ mod tests {
             .execute(&mut *other)
             .await
             .unwrap();
+        // The connection answered, so it was kept rather than closed and opened anew.
+        let mut loan = held.lend().await.unwrap();
+        assert_eq!(backend(&mut loan).await, first);
+        loan.done();
     }
 }
