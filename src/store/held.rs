@@ -39,14 +39,17 @@ pub struct Held {
 }
 
 impl Held {
-    /// Keeps up to `size` connections, opened through `pool` (and its timeout) and then
-    /// detached from it.
+    /// Keeps up to `size` connections, opened through `pool` and then detached from it. A
+    /// loan waits for a connection, and a ping for its answer, as long as `pool` waits for a
+    /// connection.
     pub fn new(pool: PgPool, size: usize) -> Self {
         let wait = pool.options().get_acquire_timeout();
         let pool = managed::Pool::builder(Lender(pool))
             .max_size(size)
             .queue_mode(QueueMode::Lifo)
             .wait_timeout(Some(wait))
+            // A ping that times out drops its connection, and the loan takes another.
+            .recycle_timeout(Some(wait))
             .runtime(deadpool::Runtime::Tokio1);
         Held {
             // Building fails only without a runtime, or with a timeout and no runtime to run
@@ -87,13 +90,21 @@ impl Drop for Loan {
     fn drop(&mut self) {
         let Some(mut object) = self.0.take() else { return };
         // Not done: the ping sends any queued `ROLLBACK` and tells whether the connection still
-        // answers. Without a runtime to run it on (only while the process stops), the
-        // connection is closed, which ends its transaction too.
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        // answers in time. Without a runtime to run it on, or a pool to go back to (only while
+        // the process stops), the connection is closed, which ends its transaction too.
+        if let (Ok(runtime), Some(pool)) = (tokio::runtime::Handle::try_current(), Object::pool(&object)) {
+            let wait = pool.timeouts().recycle.unwrap_or(PING_WHEN_IDLE_FOR);
             runtime.spawn(async move {
-                if let Err(err) = object.ping().await {
-                    tracing::warn!(error = %err, "a database connection broke off and is closed");
-                    drop(Object::take(object));
+                match tokio::time::timeout(wait, object.ping()).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(err)) => {
+                        tracing::warn!(error = %err, "a kept database connection broke off and is closed");
+                        drop(Object::take(object));
+                    }
+                    Err(_) => {
+                        tracing::warn!("a kept database connection did not answer a ping and is closed");
+                        drop(Object::take(object));
+                    }
                 }
             });
         } else {
