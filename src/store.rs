@@ -263,9 +263,9 @@ struct HotProfile {
 #[derive(Debug, Clone)]
 pub struct Store {
     db: DatabaseConnection,
-    /// Connections of the pool under `db`, when it is PostgreSQL's, that reads and updates
-    /// keep between requests ([`held`]): an update holds one for its read and its write (see
-    /// [`Store::update`]).
+    /// When `db` is PostgreSQL, the connections that profile reads and updates keep between
+    /// requests, opened through its pool ([`held`]): an update holds one for its read and its
+    /// write (see [`Store::update`]).
     postgres: Option<Held>,
     /// The pool under `db` when it is SQLite's: an update holds one of its connections from its
     /// `BEGIN` to its `COMMIT` (see [`Store::update_sqlite`]).
