@@ -27,8 +27,9 @@ const POSTGRES_POOL_SIZE: u32 = 10;
 /// connection is a thread of its own with its own page cache, so a few are enough.
 const SQLITE_POOL_SIZE: u32 = 4;
 
-/// A pooled connection idle this long is pinged before it is handed out.
-const PING_WHEN_IDLE_FOR: Duration = Duration::from_secs(1);
+/// A pooled connection idle this long is pinged before it is handed out (here, and by the
+/// store's kept connections).
+pub(crate) const PING_WHEN_IDLE_FOR: Duration = Duration::from_secs(1);
 
 /// How long after a write [`spawn_checkpoints`] copies SQLite's write-ahead log into the
 /// database file (so at most this often while writes go on, and never while none come). The

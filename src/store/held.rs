@@ -19,7 +19,6 @@
 //! dropped it.
 
 use std::ops::{Deref, DerefMut};
-use std::time::Duration;
 
 use deadpool::managed::{self, Metrics, Object, PoolError, QueueMode, RecycleResult};
 use sea_orm::sqlx::pool::PoolConnection;
@@ -27,10 +26,7 @@ use sea_orm::sqlx::{self, Connection, PgConnection, PgPool};
 use sea_orm::{ConnAcquireErr, DbErr};
 
 use super::acquire_err;
-
-/// How long a kept connection may sit idle before it is pinged first (the same as sqlx's pool
-/// under it, see `crate::db`).
-const PING_WHEN_IDLE_FOR: Duration = Duration::from_secs(1);
+use crate::db::PING_WHEN_IDLE_FOR;
 
 /// Connections opened as a sqlx pool opens its own, kept and lent in turn; cheap to clone.
 #[derive(Debug, Clone)]
@@ -155,7 +151,7 @@ impl managed::Manager for Lender {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Instant;
+    use std::time::{Duration, Instant};
 
     use sea_orm::sqlx::postgres::PgPoolOptions;
 
