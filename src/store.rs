@@ -446,13 +446,10 @@ impl Store {
         if let Some(after) = after {
             condition = condition.add(profile::Column::SerialNumber.gt(after));
         }
-        let mut rows = with_owned(self.db.get_database_backend(), parts, false)
+        let page = with_owned(self.db.get_database_backend(), parts, false)
             .filter(condition)
-            .order_by_asc(profile::Column::SerialNumber)
-            .limit(first + 1)
-            .into_model::<Loaded>()
-            .all(&conn)
-            .await?;
+            .order_by_asc(profile::Column::SerialNumber);
+        let mut rows: Vec<Loaded> = first_rows(page, first + 1, &conn).await?;
         let has_next_page = rows.len() as u64 > first;
         rows.truncate(usize::try_from(first).unwrap_or(usize::MAX));
         let custom_fields = match parts.custom {
@@ -815,11 +812,8 @@ impl Store {
         if let Some(before) = before {
             query = query.filter(profile_change::Column::Version.lt(before));
         }
-        let mut rows = query
-            .order_by_desc(profile_change::Column::Version)
-            .limit(first + 1)
-            .all(&self.db)
-            .await?;
+        let query = query.order_by_desc(profile_change::Column::Version);
+        let mut rows: Vec<profile_change::Model> = first_rows(query, first + 1, &self.db).await?;
         let has_next = rows.len() as u64 > first;
         rows.truncate(usize::try_from(first).unwrap_or(usize::MAX));
         let records = rows
@@ -1329,6 +1323,34 @@ fn query_err(err: sqlx::Error) -> DbErr {
     DbErr::Query(RuntimeErr::SqlxError(err.into()))
 }
 
+/// The first `rows` rows of `select`, as `M`.
+async fn first_rows<E, M, C>(select: Select<E>, rows: u64, conn: &C) -> Result<Vec<M>, DbErr>
+where
+    E: EntityTrait,
+    M: FromQueryResult,
+    C: ConnectionTrait,
+{
+    M::find_by_statement(limited(select, conn.get_database_backend(), rows))
+        .all(conn)
+        .await
+}
+
+/// `select` limited to `rows` rows, as a statement. On SQLite the limit is written into the
+/// text rather than bound: SQLite prepares a statement again whenever a value is bound to its
+/// `LIMIT` (see [`load_select`]), and the text differs only with `rows`, of which a client asks
+/// a handful of values.
+fn limited<E: EntityTrait>(select: Select<E>, backend: DbBackend, rows: u64) -> Statement {
+    match backend {
+        DbBackend::Sqlite => {
+            let mut statement = select.build(backend);
+            statement.sql.push_str(" LIMIT ");
+            statement.sql.push_str(&rows.to_string());
+            statement
+        }
+        _ => select.limit(rows).build(backend),
+    }
+}
+
 /// [`load`]'s statement, as [`load_select`] builds it. Its text depends only on the backend,
 /// the kind of key, `lock` and `parts`, so each text is built once: every profile read runs it, and
 /// building it (four subqueries, every column) cost more than reading the row.
@@ -1362,11 +1384,13 @@ fn load_statement(backend: DbBackend, tenant: TenantId, key: &ProfileKey, lock: 
     // Only PostgreSQL and SQLite are served: no other driver is built in.
     let backend_index = usize::from(backend != DbBackend::Postgres);
     let text = &TEXTS[((backend_index * 3 + key_index) * 2 + usize::from(lock)) * Parts::COMBINATIONS + parts.index()];
-    // The values in the order `load_select` binds them: tenant, key, then `one`'s LIMIT 1.
-    Statement::from_sql_and_values(backend, text.as_str(), [tenant.0.into(), key_value, 1u64.into()])
+    // The values in the order `load_select` binds them: tenant, then key.
+    Statement::from_sql_and_values(backend, text.as_str(), [tenant.0.into(), key_value])
 }
 
-/// The query of [`load`], as `one` runs it.
+/// The query of [`load`]. Every kind of key is unique within a tenant, so it has no `LIMIT`:
+/// SQLite prepares a statement again whenever a value bound to its `LIMIT` changes, or is
+/// bound anew, as every execution does (46 µs a read against 6 µs without, SQLite 3.51).
 fn load_select(
     backend: DbBackend,
     tenant: TenantId,
@@ -1387,7 +1411,7 @@ fn load_select(
         // no row locks and needs none.
         query = query.lock_exclusive();
     }
-    query.limit(1)
+    query
 }
 
 impl Loaded {
@@ -1857,6 +1881,19 @@ mod tests {
         for kept in [profile::Column::Id, profile::Column::Status, profile::Column::Version] {
             assert!(bare.reads(kept), "{}", kept.as_str());
         }
+    }
+
+    #[test]
+    fn a_limit_is_written_into_the_text_on_sqlite_and_bound_on_postgresql() {
+        let select = || profile::Entity::find().filter(profile::Column::TenantId.eq(Uuid::nil()));
+        let sqlite = limited(select(), DbBackend::Sqlite, 51);
+        assert!(sqlite.sql.ends_with(" LIMIT 51"), "{}", sqlite.sql);
+        let unlimited = select().build(DbBackend::Sqlite);
+        assert_eq!(sqlite.values, unlimited.values);
+        let postgres = limited(select(), DbBackend::Postgres, 51);
+        assert!(postgres.sql.ends_with(" LIMIT $2"), "{}", postgres.sql);
+        let values = postgres.values.map(|values| values.0).unwrap_or_default();
+        assert_eq!(values.last(), Some(&Value::from(51u64)));
     }
 
     #[test]
