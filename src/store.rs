@@ -65,10 +65,12 @@ use crate::error::{Code, Error, Fault, Result, external_id_conflict};
 use crate::feed::{self, Feed, Notice};
 
 mod held;
+mod readers;
 mod row;
 mod written;
 
 use held::Held;
+use readers::Readers;
 use row::Loaded;
 use written::{WRITTEN_BYTES, Written};
 
@@ -136,7 +138,7 @@ impl Parts {
     /// How many combinations of parts there are.
     const COMBINATIONS: usize = 16;
 
-    /// Where [`load_statement`] keeps this combination's text: below [`Self::COMBINATIONS`].
+    /// Where [`load_text`] keeps this combination's text: below [`Self::COMBINATIONS`].
     fn index(self) -> usize {
         usize::from(self.fields) << 3
             | usize::from(self.attributes) << 2
@@ -241,6 +243,10 @@ const MAX_CONTENDED: u64 = 1_000;
 /// under the store's `DatabaseConnection`, which serves everything else.
 const HELD_CONNECTIONS: usize = 10;
 
+/// Connections that profile reads open on a SQLite database's file ([`readers`]). They run on
+/// the request's thread, so one per Tokio worker thread would do; a few more cost little.
+const SQLITE_READERS: usize = 4;
+
 /// A turn that writes take one at a time.
 type Turn = Arc<tokio::sync::Mutex<()>>;
 
@@ -270,6 +276,9 @@ pub struct Store {
     /// The pool under `db` when it is SQLite's: an update holds one of its connections from its
     /// `BEGIN` to its `COMMIT` (see [`Store::update_sqlite`]).
     sqlite: Option<SqlitePool>,
+    /// When `db` is SQLite's, the connections that profile reads open on its file, opened on
+    /// the first read (`None` in there when the database is in memory: see [`readers`]).
+    readers: Option<Arc<tokio::sync::OnceCell<Option<Readers>>>>,
     feed: Feed,
     /// Profiles (by tenant and the key updates name them by) whose optimistic update lost a
     /// race, updated within the last [`CONTENDED_FOR`].
@@ -285,10 +294,12 @@ impl Store {
         let postgres = (db.get_database_backend() == DbBackend::Postgres)
             .then(|| Held::new(db.get_postgres_connection_pool().clone(), HELD_CONNECTIONS));
         let sqlite = (db.get_database_backend() == DbBackend::Sqlite).then(|| db.get_sqlite_connection_pool().clone());
+        let readers = sqlite.is_some().then(Arc::default);
         Store {
             db,
             postgres,
             sqlite,
+            readers,
             feed: Feed::default(),
             contended: moka::sync::Cache::builder()
                 .max_capacity(MAX_CONTENDED)
@@ -374,9 +385,22 @@ impl Store {
                 conn.done();
                 loaded
             }
-            None => load(&self.db, tenant, key, false, parts).await?,
+            None => match self.readers().await? {
+                Some(readers) => readers.load(tenant, key, parts).await?,
+                None => load(&self.db, tenant, key, false, parts).await?,
+            },
         };
         loaded.map(|loaded| loaded.into_view(parts)).transpose()
+    }
+
+    /// On SQLite, the readers of its file, opened on the first call; `None` on PostgreSQL and
+    /// for a database in memory.
+    async fn readers(&self) -> Result<Option<&Readers>> {
+        let (Some(readers), Some(pool)) = (&self.readers, &self.sqlite) else {
+            return Ok(None);
+        };
+        let readers = readers.get_or_try_init(|| Readers::new(pool, SQLITE_READERS)).await?;
+        Ok(readers.as_ref())
     }
 
     /// Up to `first` profiles after serial number `after`, with `parts`, and, when `count`
@@ -1351,10 +1375,25 @@ fn limited<E: EntityTrait>(select: Select<E>, backend: DbBackend, rows: u64) -> 
     }
 }
 
-/// [`load`]'s statement, as [`load_select`] builds it. Its text depends only on the backend,
-/// the kind of key, `lock` and `parts`, so each text is built once: every profile read runs it, and
-/// building it (four subqueries, every column) cost more than reading the row.
+/// [`load`]'s statement, as [`load_select`] builds it, with its values.
 fn load_statement(backend: DbBackend, tenant: TenantId, key: &ProfileKey, lock: bool, parts: Parts) -> Statement {
+    let key_value = match key {
+        ProfileKey::Id(id) => Value::from(*id),
+        ProfileKey::ExternalId(external_id) => Value::from(external_id.as_str()),
+        ProfileKey::SerialNumber(serial) => Value::from(*serial),
+    };
+    // The values in the order `load_select` binds them: tenant, then key.
+    Statement::from_sql_and_values(
+        backend,
+        load_text(backend, key, lock, parts),
+        [tenant.0.into(), key_value],
+    )
+}
+
+/// The text of [`load_statement`]. It depends only on the backend, the kind of key, `lock` and
+/// `parts`, so each text is built once: every profile read runs it, and building it (four
+/// subqueries, every column) cost more than reading the row.
+fn load_text(backend: DbBackend, key: &ProfileKey, lock: bool, parts: Parts) -> &'static str {
     static TEXTS: LazyLock<Vec<String>> = LazyLock::new(|| {
         let keys = [
             ProfileKey::Id(Uuid::nil()),
@@ -1376,16 +1415,14 @@ fn load_statement(backend: DbBackend, tenant: TenantId, key: &ProfileKey, lock: 
             })
             .collect()
     });
-    let (key_index, key_value) = match key {
-        ProfileKey::Id(id) => (0, Value::from(*id)),
-        ProfileKey::ExternalId(external_id) => (1, Value::from(external_id.as_str())),
-        ProfileKey::SerialNumber(serial) => (2, Value::from(*serial)),
+    let key_index = match key {
+        ProfileKey::Id(_) => 0,
+        ProfileKey::ExternalId(_) => 1,
+        ProfileKey::SerialNumber(_) => 2,
     };
     // Only PostgreSQL and SQLite are served: no other driver is built in.
     let backend_index = usize::from(backend != DbBackend::Postgres);
-    let text = &TEXTS[((backend_index * 3 + key_index) * 2 + usize::from(lock)) * Parts::COMBINATIONS + parts.index()];
-    // The values in the order `load_select` binds them: tenant, then key.
-    Statement::from_sql_and_values(backend, text.as_str(), [tenant.0.into(), key_value])
+    &TEXTS[((backend_index * 3 + key_index) * 2 + usize::from(lock)) * Parts::COMBINATIONS + parts.index()]
 }
 
 /// The query of [`load`]. Every kind of key is unique within a tenant, so it has no `LIMIT`:

@@ -5,13 +5,14 @@
 //! NULL, and on a page of 50 profiles that was a tenth of the server's CPU. Here each column is
 //! read by its place in the SELECT list, which [`super::with_owned`] builds as the entity's
 //! columns in declaration order (NULL in place of those a read leaves out) followed by the
-//! owned parts, straight into the domain's [`Profile`], through the same sqlx decoders SeaORM
-//! uses.
+//! owned parts, straight into the domain's [`Profile`]: through the same sqlx decoders SeaORM
+//! uses, or rusqlite's for the SQLite reads of [`super::readers`] ([`Cells`]).
 
 use std::sync::LazyLock;
 
-use chrono::{DateTime, Utc};
-use sea_orm::sqlx::{self, Row};
+use sea_orm::sqlx::postgres::PgRow;
+use sea_orm::sqlx::sqlite::SqliteRow;
+use sea_orm::sqlx::{self, Postgres, Row, Sqlite};
 use sea_orm::{ColumnTrait, ColumnType, DbErr, FromQueryResult, IdenStatic, Iterable, QueryResult, RuntimeErr};
 use serde_json::{Map, Value};
 use uuid::Uuid;
@@ -93,60 +94,117 @@ impl FromQueryResult for Loaded {
         };
         decoded.map_err(|err| match err {
             Fault::Driver(err) => DbErr::Query(RuntimeErr::SqlxError(err.into())),
+            Fault::Reader(err) => DbErr::Query(RuntimeErr::Internal(err.to_string())),
             Fault::Value(message) => DbErr::Type(message),
         })
     }
 }
 
-enum Fault {
-    Driver(sqlx::Error),
+/// Why a profile read did not decode.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum Fault {
+    #[error(transparent)]
+    Driver(#[from] sqlx::Error),
+    #[error(transparent)]
+    Reader(#[from] rusqlite::Error),
+    #[error("{0}")]
     Value(String),
 }
 
-impl From<sqlx::Error> for Fault {
-    fn from(err: sqlx::Error) -> Self {
-        Fault::Driver(err)
+impl From<Fault> for crate::error::Error {
+    fn from(fault: Fault) -> Self {
+        match fault {
+            // As SeaORM reports it, so that a lost database is UNAVAILABLE.
+            Fault::Driver(err) => DbErr::Query(RuntimeErr::SqlxError(err.into())).into(),
+            fault => crate::error::Error::Internal(Box::new(fault)),
+        }
     }
 }
 
-/// What a column of a profile read may hold, on either backend.
-trait Column<'r, DB: sqlx::Database>: sqlx::Decode<'r, DB> + sqlx::Type<DB> {}
-impl<'r, DB: sqlx::Database, T: sqlx::Decode<'r, DB> + sqlx::Type<DB>> Column<'r, DB> for T {}
-
-fn decode<'r, R>(row: &'r R) -> Result<Loaded, Fault>
-where
-    R: Row,
-    usize: sqlx::ColumnIndex<R>,
-    Uuid: Column<'r, R::Database>,
-    i64: Column<'r, R::Database>,
-    i32: Column<'r, R::Database>,
-    bool: Column<'r, R::Database>,
-    f64: Column<'r, R::Database>,
-    String: Column<'r, R::Database>,
-    DateTime<Utc>: Column<'r, R::Database>,
-    Value: Column<'r, R::Database>,
+/// What a cell of a profile read may hold, decoded alike by every driver that reads one.
+pub(super) trait Cell:
+    for<'r> sqlx::Decode<'r, Postgres>
+    + sqlx::Type<Postgres>
+    + for<'r> sqlx::Decode<'r, Sqlite>
+    + sqlx::Type<Sqlite>
+    + rusqlite::types::FromSql
 {
+}
+impl<T> Cell for T where
+    T: for<'r> sqlx::Decode<'r, Postgres>
+        + sqlx::Type<Postgres>
+        + for<'r> sqlx::Decode<'r, Sqlite>
+        + sqlx::Type<Sqlite>
+        + rusqlite::types::FromSql
+{
+}
+
+/// A row of a profile read, as the driver that read it holds it: its cells by place.
+pub(super) trait Cells {
+    fn width(&self) -> usize;
+    fn names(&self) -> Vec<&str>;
+    fn cell<T: Cell>(&self, index: usize) -> Result<T, Fault>;
+}
+
+impl Cells for PgRow {
+    fn width(&self) -> usize {
+        self.len()
+    }
+    fn names(&self) -> Vec<&str> {
+        self.columns().iter().map(sqlx::Column::name).collect()
+    }
+    fn cell<T: Cell>(&self, index: usize) -> Result<T, Fault> {
+        Ok(self.try_get(index)?)
+    }
+}
+
+impl Cells for SqliteRow {
+    fn width(&self) -> usize {
+        self.len()
+    }
+    fn names(&self) -> Vec<&str> {
+        self.columns().iter().map(sqlx::Column::name).collect()
+    }
+    fn cell<T: Cell>(&self, index: usize) -> Result<T, Fault> {
+        Ok(self.try_get(index)?)
+    }
+}
+
+impl Cells for rusqlite::Row<'_> {
+    fn width(&self) -> usize {
+        self.as_ref().column_count()
+    }
+    fn names(&self) -> Vec<&str> {
+        self.as_ref().column_names()
+    }
+    fn cell<T: Cell>(&self, index: usize) -> Result<T, Fault> {
+        Ok(self.get(index)?)
+    }
+}
+
+/// The profile read `row` holds.
+pub(super) fn decode(row: &impl Cells) -> Result<Loaded, Fault> {
     use profile::Column as C;
     let width = profile::Column::iter().count();
-    if row.len() != width + OWNED.len() {
+    if row.width() != width + OWNED.len() {
         return Err(Fault::Value(format!(
             "a profile read returned {} columns, not {}",
-            row.len(),
+            row.width(),
             width + OWNED.len()
         )));
     }
     debug_assert!(
-        names().eq(row.columns().iter().map(sqlx::Column::name)),
+        names().eq(row.names()),
         "a profile read's columns are not in the order decoding expects"
     );
-    let id: Uuid = row.try_get(place(C::Id))?;
+    let id: Uuid = row.cell(place(C::Id))?;
     let mut fields = std::collections::BTreeMap::new();
     for &(field, index, kind) in FIELDS.iter() {
         let scalar = match kind {
-            Kind::Text => row.try_get::<Option<String>, _>(index)?.map(Scalar::Text),
-            Kind::Flag => row.try_get::<Option<bool>, _>(index)?.map(Scalar::Flag),
-            Kind::Number => row.try_get::<Option<f64>, _>(index)?.map(Scalar::Number),
-            Kind::MemberType => match row.try_get::<Option<String>, _>(index)? {
+            Kind::Text => row.cell::<Option<String>>(index)?.map(Scalar::Text),
+            Kind::Flag => row.cell::<Option<bool>>(index)?.map(Scalar::Flag),
+            Kind::Number => row.cell::<Option<f64>>(index)?.map(Scalar::Number),
+            Kind::MemberType => match row.cell::<Option<String>>(index)? {
                 Some(text) => {
                     Some(Scalar::MemberType(MemberType::parse(&text).ok_or_else(|| {
                         Fault::Value(format!("profile {id} has member type {text:?}"))
@@ -159,11 +217,11 @@ where
             fields.insert(field, scalar);
         }
     }
-    let status: String = row.try_get(place(C::Status))?;
+    let status: String = row.cell(place(C::Status))?;
     let status =
         ProfileStatus::parse(&status).ok_or_else(|| Fault::Value(format!("profile {id} has status {status:?}")))?;
     // NULL when the read left the attributes out.
-    let attributes = match row.try_get(place(C::Attributes))? {
+    let attributes = match row.cell(place(C::Attributes))? {
         Some(Value::Object(map)) => map,
         None | Some(Value::Null) => Map::new(),
         Some(other) => return Err(Fault::Value(format!("profile {id} has attributes {other}"))),
@@ -171,21 +229,21 @@ where
     Ok(Loaded {
         profile: Profile {
             id,
-            serial_number: row.try_get(place(C::SerialNumber))?,
+            serial_number: row.cell(place(C::SerialNumber))?,
             status,
             fields,
             attributes,
             tags: Default::default(),
             groups: Default::default(),
             custom: Default::default(),
-            version: row.try_get(place(C::Version))?,
-            created_at: row.try_get(place(C::CreatedAt))?,
-            updated_at: row.try_get(place(C::UpdatedAt))?,
+            version: row.cell(place(C::Version))?,
+            created_at: row.cell(place(C::CreatedAt))?,
+            updated_at: row.cell(place(C::UpdatedAt))?,
         },
-        owned_tags: row.try_get(width)?,
-        owned_groups: row.try_get(width + 1)?,
-        owned_custom: row.try_get(width + 2)?,
-        definitions: row.try_get(width + 3)?,
+        owned_tags: row.cell(width)?,
+        owned_groups: row.cell(width + 1)?,
+        owned_custom: row.cell(width + 2)?,
+        definitions: row.cell(width + 3)?,
     })
 }
 
