@@ -94,6 +94,8 @@ impl FromQueryResult for Loaded {
         };
         decoded.map_err(|err| match err {
             Fault::Driver(err) => DbErr::Query(RuntimeErr::SqlxError(err.into())),
+            // Never: only the rows of `super::readers` are rusqlite's, and they are not
+            // SeaORM's; DbErr has no place for a rusqlite error but its message.
             Fault::Reader(err) => DbErr::Query(RuntimeErr::Internal(err.to_string())),
             Fault::Value(message) => DbErr::Type(message),
         })
