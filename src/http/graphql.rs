@@ -146,6 +146,11 @@ impl Refuse {
                     .headers_mut()
                     .insert(header::ALLOW, HeaderValue::from_static("POST"));
             }
+            StatusCode::SERVICE_UNAVAILABLE => {
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
             _ => {}
         }
         response
@@ -209,6 +214,7 @@ pub async fn post(
         return not_acceptable(request_id);
     };
     let result = async {
+        let _in_flight = admit(&state)?;
         let principal = authenticate(&state, &headers).await?;
         if !is_json(&headers) {
             return Err(Refuse::new(
@@ -232,6 +238,20 @@ pub async fn post(
     }
     .await;
     result.unwrap_or_else(|refusal| refusal.into_response(media, request_id))
+}
+
+/// A place among the requests served at once, held until the response is made; refused
+/// (503, `Retry-After: 1`) when every place is taken, rather than queued: a server that falls
+/// behind an open stream of requests would otherwise hold more and more of them, each with its
+/// connection and memory, until they time out.
+fn admit(state: &AppState) -> Result<tokio::sync::OwnedSemaphorePermit, Refuse> {
+    state.in_flight.clone().try_acquire_owned().map_err(|_| {
+        Refuse::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "UNAVAILABLE",
+            "The server is serving as many requests as it takes at once; retry shortly.",
+        )
+    })
 }
 
 /// The request's `Idempotency-Key`, if it sent one.
@@ -368,6 +388,7 @@ pub async fn get(
         return not_acceptable(request_id);
     };
     let result = async {
+        let _in_flight = admit(&state)?;
         let principal = authenticate(&state, &headers).await?;
         let request = parse_query_string(query.unwrap_or_default())?;
         Ok::<_, Refuse>(run(&state, principal, vec![request], false, Method::Get, media, request_id).await)

@@ -32,6 +32,11 @@ pub struct Limits {
     /// Longest a request may run, in seconds, before it is stopped.
     #[arg(long = "request-timeout-secs", env = "REQUEST_TIMEOUT_SECS", default_value_t = 10)]
     pub request_timeout_secs: u64,
+    /// Most GraphQL requests over HTTP served at once; one more is refused at once with 503
+    /// UNAVAILABLE and `Retry-After`, so that a server that falls behind its load sheds it
+    /// instead of piling it up. (Subscriptions count only while they are set up.)
+    #[arg(long, env = "MAX_IN_FLIGHT", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_in_flight: u32,
 }
 
 impl Limits {
@@ -52,6 +57,7 @@ impl Default for Limits {
             max_batch_operations: 10,
             max_input_list: 100,
             request_timeout_secs: 10,
+            max_in_flight: 1024,
         }
     }
 }

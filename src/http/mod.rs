@@ -108,6 +108,8 @@ pub(crate) struct AppState {
     documents: graphql::Documents,
     lifecycle: Lifecycle,
     graphiql: Arc<str>,
+    /// A permit for each GraphQL request served at once ([`Limits::max_in_flight`]).
+    in_flight: Arc<tokio::sync::Semaphore>,
 }
 
 /// The service's routes over a migrated store.
@@ -133,6 +135,7 @@ pub fn router(store: Store, config: EdgeConfig) -> crate::error::Result<Router> 
         store: store.clone(),
         keys: Keys::cached(store.clone(), config.api_key_cache),
         idempotency: IdempotencyKeys::new(store, config.limits.request_timeout()),
+        in_flight: Arc::new(tokio::sync::Semaphore::new(config.limits.max_in_flight as usize)),
         limits: Arc::new(config.limits),
         index: Arc::new(index),
         documents: graphql::Documents::new(),

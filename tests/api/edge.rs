@@ -1,6 +1,6 @@
 //! The HTTP edge: GraphQL over HTTP, limits, and what refusals reveal.
 
-use futures::stream;
+use futures::{StreamExt, stream};
 use profile_gateway::http::{EdgeConfig, Limits};
 use serde_json::{Value, json};
 
@@ -371,4 +371,64 @@ async fn a_request_over_its_time_is_stopped_with_504_and_writes_nothing() {
     assert_eq!((status, code(&response)), (504, "TIMEOUT"), "{response}");
     lock.rollback().await.unwrap();
     assert_eq!(app.profile_count().await, 0);
+}
+
+#[tokio::test]
+async fn a_request_beyond_the_limit_in_flight_is_refused_at_once_with_503_and_retry_after() {
+    let app = TestApp::sqlite_with(EdgeConfig {
+        limits: Limits {
+            max_in_flight: 1,
+            ..Limits::default()
+        },
+        ..EdgeConfig::default()
+    })
+    .await;
+    // A request whose body comes in two parts, the second when the test says so, stays in
+    // flight until then.
+    let text = json!({ "query": COUNT }).to_string();
+    let (head, tail) = text.split_at(5);
+    let (head, tail) = (bytes::Bytes::from(head.to_owned()), bytes::Bytes::from(tail.to_owned()));
+    let (finish, finished) = tokio::sync::oneshot::channel::<()>();
+    let parts = stream::iter([Ok::<_, std::io::Error>(head)]).chain(stream::once(async move {
+        let _ = finished.await;
+        Ok(tail)
+    }));
+    let slow = app
+        .client
+        .post(format!("{}/graphql", app.address))
+        .header("X-API-Key", &app.admin_key)
+        .header("Content-Type", "application/json")
+        .body(reqwest::Body::wrap_stream(parts))
+        .send();
+    let slow = tokio::spawn(slow);
+
+    // Once the slow request holds the one place, the next is refused without waiting.
+    let refused = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        loop {
+            let response = app.post(Some(&app.admin_key), &json!({ "query": COUNT })).await;
+            if response.status() == reqwest::StatusCode::SERVICE_UNAVAILABLE {
+                return response;
+            }
+            assert_eq!(response.status(), reqwest::StatusCode::OK);
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("a request is refused while the slow one is in flight");
+    assert_eq!(refused.headers()["retry-after"], "1");
+    let refused: Value = refused.json().await.expect("a JSON body");
+    assert_eq!(refused["errors"][0]["extensions"]["code"], "UNAVAILABLE", "{refused:#}");
+    assert!(refused.get("data").is_none(), "{refused:#}");
+
+    // The slow request is served in full, and its place is free again.
+    finish.send(()).expect("the slow request is still waiting");
+    let slow = slow
+        .await
+        .expect("the slow request's task")
+        .expect("the slow request is sent");
+    assert_eq!(slow.status(), reqwest::StatusCode::OK);
+    let slow: Value = slow.json().await.expect("a JSON body");
+    assert!(slow.get("errors").is_none(), "{slow:#}");
+    let after = app.post(Some(&app.admin_key), &json!({ "query": COUNT })).await;
+    assert_eq!(after.status(), reqwest::StatusCode::OK);
 }
