@@ -34,7 +34,7 @@ pub struct Limits {
     pub request_timeout_secs: u64,
     /// Most GraphQL requests over HTTP served at once; one more is refused at once with 503
     /// UNAVAILABLE and `Retry-After`, so that a server that falls behind its load sheds it
-    /// instead of piling it up. (Subscriptions count only while they are set up.)
+    /// instead of piling it up. (WebSocket subscriptions are not counted.)
     #[arg(long, env = "MAX_IN_FLIGHT", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_in_flight: u32,
 }
