@@ -10,6 +10,15 @@ const COUNT: &str = "{ profiles { totalCount } }";
 const CREATE: &str = "mutation { createProfile(input: {}) { id } }";
 
 impl TestApp {
+    /// A POST of JSON `body` to /graphql with the admin key, to be sent.
+    fn post_json(&self, body: reqwest::Body) -> reqwest::RequestBuilder {
+        self.client
+            .post(format!("{}/graphql", self.address))
+            .header("X-API-Key", &self.admin_key)
+            .header("Content-Type", "application/json")
+            .body(body)
+    }
+
     /// Posts raw `body` with `content_type` and `accept`, with the admin key.
     async fn send(&self, body: &str, content_type: Option<&str>, accept: Option<&str>) -> reqwest::Response {
         let mut request = self
@@ -190,14 +199,7 @@ async fn a_body_over_the_cap_is_413_before_it_is_read_whole() {
     let rss_before = resident_kib();
     let chunk = bytes::Bytes::from(vec![b' '; 64 * 1024]);
     let chunks = stream::iter((0..1024).map(move |_| Ok::<_, std::io::Error>(chunk.clone())));
-    let response = app
-        .client
-        .post(format!("{}/graphql", app.address))
-        .header("X-API-Key", &app.admin_key)
-        .header("Content-Type", "application/json")
-        .body(reqwest::Body::wrap_stream(chunks))
-        .send()
-        .await;
+    let response = app.post_json(reqwest::Body::wrap_stream(chunks)).send().await;
     if let Ok(response) = response {
         assert_eq!(response.status(), 413);
     }
@@ -393,13 +395,7 @@ async fn a_request_beyond_the_limit_in_flight_is_refused_at_once_with_503_and_re
         let _ = finished.await;
         Ok(tail)
     }));
-    let slow = app
-        .client
-        .post(format!("{}/graphql", app.address))
-        .header("X-API-Key", &app.admin_key)
-        .header("Content-Type", "application/json")
-        .body(reqwest::Body::wrap_stream(parts))
-        .send();
+    let slow = app.post_json(reqwest::Body::wrap_stream(parts)).send();
     let slow = tokio::spawn(slow);
 
     // Once the slow request holds the one place, the next is refused without waiting.
