@@ -277,8 +277,8 @@ pub struct Store {
     /// `BEGIN` to its `COMMIT` (see [`Store::update_sqlite`]).
     sqlite: Option<SqlitePool>,
     /// When `db` is SQLite's, the connections that profile reads open on its file, opened on
-    /// the first read (`None` in there when the database is in memory: see [`readers`]).
-    readers: Option<Arc<tokio::sync::OnceCell<Option<Readers>>>>,
+    /// the first read (`None` when the database is in memory: see [`readers`]).
+    readers: Arc<tokio::sync::OnceCell<Option<Readers>>>,
     feed: Feed,
     /// Profiles (by tenant and the key updates name them by) whose optimistic update lost a
     /// race, updated within the last [`CONTENDED_FOR`].
@@ -294,12 +294,11 @@ impl Store {
         let postgres = (db.get_database_backend() == DbBackend::Postgres)
             .then(|| Held::new(db.get_postgres_connection_pool().clone(), HELD_CONNECTIONS));
         let sqlite = (db.get_database_backend() == DbBackend::Sqlite).then(|| db.get_sqlite_connection_pool().clone());
-        let readers = sqlite.is_some().then(Arc::default);
         Store {
             db,
             postgres,
             sqlite,
-            readers,
+            readers: Arc::default(),
             feed: Feed::default(),
             contended: moka::sync::Cache::builder()
                 .max_capacity(MAX_CONTENDED)
@@ -396,10 +395,13 @@ impl Store {
     /// On SQLite, the readers of its file, opened on the first call; `None` on PostgreSQL and
     /// for a database in memory.
     async fn readers(&self) -> Result<Option<&Readers>> {
-        let (Some(readers), Some(pool)) = (&self.readers, &self.sqlite) else {
+        let Some(pool) = &self.sqlite else {
             return Ok(None);
         };
-        let readers = readers.get_or_try_init(|| Readers::new(pool, SQLITE_READERS)).await?;
+        let readers = self
+            .readers
+            .get_or_try_init(|| Readers::new(pool, SQLITE_READERS))
+            .await?;
         Ok(readers.as_ref())
     }
 
