@@ -198,11 +198,7 @@ mod tests {
 
     #[tokio::test]
     async fn on_sqlite_a_claim_waits_for_the_writers_turn_and_then_runs() {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}", dir.path().join("keys.db").display());
-        let db = crate::db::connect(&url).await.unwrap();
-        crate::db::migrate(&db).await.unwrap();
-        let store = Store::new(db);
+        let (store, _dir) = crate::store::on_a_fresh_sqlite_file().await;
         let tenant = store.ensure_tenant("acme").await.unwrap();
         let keys = IdempotencyKeys::new(store.clone(), std::time::Duration::from_secs(30));
         let turn = store.write_turn().await;

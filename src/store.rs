@@ -1896,6 +1896,16 @@ impl profile::ActiveModel {
     }
 }
 
+/// A store on a fresh, migrated SQLite file, and the file's folder, which must outlive it.
+#[cfg(test)]
+pub(crate) async fn on_a_fresh_sqlite_file() -> (Store, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("store.db").display());
+    let db = crate::db::connect(&url).await.unwrap();
+    crate::db::migrate(&db).await.unwrap();
+    (Store::new(db), dir)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -131,7 +131,7 @@ mod tests {
 
     use super::*;
     use crate::domain::{ChangeSet, CustomFieldType, Field, MemberType, NewCustomField, Op, Scalar, TagWrite};
-    use crate::store::{Actor, Store, load};
+    use crate::store::{Actor, load, on_a_fresh_sqlite_file};
 
     /// A profile with every kind of value a read decodes: text, flag, number and member-type
     /// fields, a time, attributes, tags with and without values, groups and custom values.
@@ -176,11 +176,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_profile_reads_through_the_readers_as_it_reads_through_sqlx_by_every_key_and_parts() {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}", dir.path().join("readers.db").display());
-        let db = crate::db::connect(&url).await.unwrap();
-        crate::db::migrate(&db).await.unwrap();
-        let store = Store::new(db);
+        let (store, _dir) = on_a_fresh_sqlite_file().await;
         let tenant = store.ensure_tenant("readers").await.unwrap();
         let field = NewCustomField::new("shoe_size".into(), CustomFieldType::Number, None, None).unwrap();
         store.define_custom_field(tenant, field).await.unwrap();
@@ -222,11 +218,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_read_sees_the_update_committed_just_before_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}", dir.path().join("fresh.db").display());
-        let db = crate::db::connect(&url).await.unwrap();
-        crate::db::migrate(&db).await.unwrap();
-        let store = Store::new(db);
+        let (store, _dir) = on_a_fresh_sqlite_file().await;
         let tenant = store.ensure_tenant("fresh").await.unwrap();
         let created = store
             .create(tenant, &ChangeSet::default(), &Actor::default())
