@@ -42,7 +42,7 @@ const CHECKPOINT_EVERY: Duration = Duration::from_millis(25);
 /// checkpoints it itself: a backstop for when no [`spawn_checkpoints`] runs. (SQLite's default
 /// of 1,000 makes every few hundred updates wait for a checkpoint, and every writer queued
 /// behind them.)
-const WAL_BACKSTOP_PAGES: u32 = 10_000;
+pub(crate) const WAL_BACKSTOP_PAGES: u32 = 10_000;
 
 /// Opens a pool on `url` (`sqlite://…` or `postgres://…`). A SQLite file is created when
 /// missing and put in WAL mode, so readers never wait for the one writer.

@@ -161,14 +161,19 @@ impl From<DbErr> for Error {
 pub fn external_id_conflict(err: DbErr, external_id: Option<&str>, field: &str) -> Error {
     match err.sql_err() {
         Some(SqlErr::UniqueConstraintViolation(detail)) if detail.contains("external_id") => {
-            let message = match external_id {
-                Some(id) => format!("Another profile of this tenant already has the externalId \"{id}\"."),
-                None => "Another profile of this tenant already has that externalId.".to_owned(),
-            };
-            Fault::new(Code::DuplicateExternalId, message).at(field).into()
+            duplicate_external_id(external_id, field)
         }
         _ => err.into(),
     }
+}
+
+/// DUPLICATE_EXTERNAL_ID at `field`: another profile of the tenant has `external_id`.
+pub fn duplicate_external_id(external_id: Option<&str>, field: &str) -> Error {
+    let message = match external_id {
+        Some(id) => format!("Another profile of this tenant already has the externalId \"{id}\"."),
+        None => "Another profile of this tenant already has that externalId.".to_owned(),
+    };
+    Fault::new(Code::DuplicateExternalId, message).at(field).into()
 }
 
 impl ErrorExtensions for Fault {

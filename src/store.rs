@@ -22,9 +22,12 @@
 //!   the loser reads the profile and, losing again, takes the row lock as above).
 //! - SQLite: writes take turns in this process first (a queue in memory rather than SQLite's
 //!   busy handler, which polls with sleeps of up to 100 ms), then begin with `BEGIN
-//!   IMMEDIATE`, which takes the database's one write lock up front (against other processes). A deferred transaction that reads and then writes fails at once with SQLITE_BUSY
-//!   when another connection committed in between, whatever the busy timeout; an immediate
-//!   one waits for the lock (up to the busy timeout) and then reads current data. WAL mode lets
+//!   IMMEDIATE`, which takes the database's one write lock up front (against other
+//!   processes). A deferred transaction that reads and then writes fails at once with
+//!   SQLITE_BUSY when another connection committed in between, whatever the busy timeout; an
+//!   immediate one waits for the lock (up to the busy timeout) and then reads current data.
+//!   Updates run on this process's own writer, on the request's thread ([`direct`]); when
+//!   another process holds the lock, they wait for it through sqlx instead. WAL mode lets
 //!   readers go on meanwhile.
 //!
 //! A profile is read with everything it owns by one statement, so it is never shown with the
@@ -61,16 +64,16 @@ use crate::domain::{
 use crate::entity::{
     custom_field_definition, custom_field_value, profile, profile_change, profile_group, profile_tag, tenant,
 };
-use crate::error::{Code, Error, Fault, Result, external_id_conflict};
+use crate::error::{Code, Error, Fault, Result, duplicate_external_id, external_id_conflict};
 use crate::feed::{self, Feed, Notice};
 
+mod direct;
 mod held;
-mod readers;
 mod row;
 mod written;
 
+use direct::{Direct, DirectWrite};
 use held::Held;
-use readers::Readers;
 use row::Loaded;
 use written::{WRITTEN_BYTES, Written};
 
@@ -243,7 +246,7 @@ const MAX_CONTENDED: u64 = 1_000;
 /// under the store's `DatabaseConnection`, which serves everything else.
 const HELD_CONNECTIONS: usize = 10;
 
-/// Connections that profile reads open on a SQLite database's file ([`readers`]). They run on
+/// Connections that profile reads open on a SQLite database's file ([`direct`]). They run on
 /// the request's thread, so one per Tokio worker thread would do; a few more cost little.
 const SQLITE_READERS: usize = 4;
 
@@ -276,9 +279,9 @@ pub struct Store {
     /// The pool under `db` when it is SQLite's: an update holds one of its connections from its
     /// `BEGIN` to its `COMMIT` (see [`Store::update_sqlite`]).
     sqlite: Option<SqlitePool>,
-    /// When `db` is SQLite's, the connections that profile reads open on its file, opened on
-    /// the first read (`None` when the database is in memory: see [`readers`]).
-    readers: Arc<tokio::sync::OnceCell<Option<Readers>>>,
+    /// When `db` is SQLite's, the connections that profile reads and updates open on its
+    /// file, opened on first use (`None` when the database is in memory: see [`direct`]).
+    direct: Arc<tokio::sync::OnceCell<Option<Direct>>>,
     feed: Feed,
     /// Profiles (by tenant and the key updates name them by) whose optimistic update lost a
     /// race, updated within the last [`CONTENDED_FOR`].
@@ -298,7 +301,7 @@ impl Store {
             db,
             postgres,
             sqlite,
-            readers: Arc::default(),
+            direct: Arc::default(),
             feed: Feed::default(),
             contended: moka::sync::Cache::builder()
                 .max_capacity(MAX_CONTENDED)
@@ -384,25 +387,25 @@ impl Store {
                 conn.done();
                 loaded
             }
-            None => match self.readers().await? {
-                Some(readers) => readers.load(tenant, key, parts).await?,
+            None => match self.direct().await? {
+                Some(direct) => direct.load(tenant, key, parts).await?,
                 None => load(&self.db, tenant, key, false, parts).await?,
             },
         };
         loaded.map(|loaded| loaded.into_view(parts)).transpose()
     }
 
-    /// On SQLite, the readers of its file, opened on the first call; `None` on PostgreSQL and
-    /// for a database in memory.
-    async fn readers(&self) -> Result<Option<&Readers>> {
+    /// On SQLite, this process's own connections on its file, opened on the first call; `None`
+    /// on PostgreSQL and for a database in memory.
+    async fn direct(&self) -> Result<Option<&Direct>> {
         let Some(pool) = &self.sqlite else {
             return Ok(None);
         };
-        let readers = self
-            .readers
-            .get_or_try_init(|| Readers::new(pool, SQLITE_READERS))
+        let direct = self
+            .direct
+            .get_or_try_init(|| Direct::new(pool, SQLITE_READERS))
             .await?;
-        Ok(readers.as_ref())
+        Ok(direct.as_ref())
     }
 
     /// Up to `first` profiles after serial number `after`, with `parts`, and, when `count`
@@ -569,10 +572,9 @@ impl Store {
         }
     }
 
-    /// [`Store::update`] on SQLite: in this process's write turn, on one connection of `pool`,
-    /// in two hand-overs to the connection's thread (see [`Writes`]): `BEGIN IMMEDIATE` with
-    /// the read, then the write with `COMMIT`. SeaORM's transactions would take four, as its
-    /// `BEGIN` and `COMMIT` are statements of their own.
+    /// [`Store::update`] on SQLite, in this process's write turn: on this process's own writer
+    /// ([`direct`]), or through sqlx when the database is in memory or another process holds
+    /// SQLite's write lock.
     #[allow(clippy::too_many_arguments)]
     async fn update_sqlite(
         &self,
@@ -585,54 +587,17 @@ impl Store {
         parts: Parts,
     ) -> Result<Updated> {
         let _turn = self.sqlite_writer.lock().await;
-        let mut tx = SqliteWrite {
-            conn: pool.acquire().await.map_err(acquire_err)?,
-            open: true,
+        let direct = match self.direct().await? {
+            Some(direct) => direct.begin().await?,
+            None => None,
         };
-        let Statement { sql, values, .. } = load_statement(DbBackend::Sqlite, tenant, key, false, parts);
-        let row = bound(format!("BEGIN IMMEDIATE;\n{sql}"), values)
-            .fetch_optional(&mut *tx.conn)
-            .await
-            .map_err(query_err)?;
-        let planned = row
-            .ok_or_else(|| Fault::not_found("profile").into())
-            .and_then(|row| Ok(Loaded::from_query_result(&QueryResult::from(row), "")?))
-            .and_then(|loaded| loaded.into_view(parts))
-            .and_then(|before| plan(before, change, update))
-            .and_then(|plan| match plan {
-                Plan::Unchanged(updated) => Ok((updated, None)),
-                Plan::Write(write) => {
-                    let Updated { profile, changes } = &write.updated;
-                    let mut writes = Writes::new(DbBackend::Sqlite);
-                    writes.push(
-                        &profile::Entity::update_many()
-                            .set(profile::ActiveModel::from_profile(tenant, &profile.profile)?)
-                            .filter(profile::Column::Id.eq(profile.profile.id)),
-                    );
-                    writes.children(&write.before, &profile.profile, &profile.custom_fields)?;
-                    let notice = writes.record(tenant, &profile.profile, update.operation, changes, actor)?;
-                    Ok((write.updated, Some((joined(writes.statements), notice))))
-                }
-            });
-        let (updated, (statement, notice)) = match planned {
-            Ok((updated, Some(write))) => (updated, write),
-            Ok((updated, None)) => {
-                tx.roll_back().await;
-                return Ok(updated);
-            }
-            Err(err) => {
-                tx.roll_back().await;
-                return Err(err);
-            }
+        let (updated, notice) = match direct {
+            Some(tx) => update_direct(tx, tenant, key, change, update, actor, parts)?,
+            None => update_through_sqlx(pool, tenant, key, change, update, actor, parts).await?,
         };
-        let Statement { sql, values, .. } = statement;
-        let stored = bound(format!("{sql};\nCOMMIT"), values).execute(&mut *tx.conn).await;
-        if let Err(err) = stored {
-            tx.roll_back().await;
-            return Err(on_external_id(query_err(err), change));
+        if let Some(notice) = notice {
+            self.announce(notice);
         }
-        tx.open = false;
-        self.announce(notice);
         Ok(updated)
     }
 
@@ -946,13 +911,13 @@ impl Store {
     }
 }
 
-/// The statements that store one change in its write transaction, sent together: on SQLite as
-/// one text, on PostgreSQL one after another.
+/// The statements that store one change in its write transaction: on SQLite through sqlx as
+/// one text, on PostgreSQL and on SQLite's [`direct`] writer one after another.
 ///
 /// sqlx's SQLite driver runs each connection on a thread of its own and hands it every
 /// statement and the answer back, two thread wake-ups a statement, all while the writer holds
 /// SQLite's one write turn; so each statement folded into the text is a hand-over the next
-/// writer no longer waits for. SQLite runs a text of several statements in order and binds
+/// writer no longer waits for (the direct writer has none). SQLite runs a text of several statements in order and binds
 /// their parameters (all `?`) from one list, in order; the first that fails ends it, and the
 /// transaction rolls back. PostgreSQL's extended protocol takes one statement at a time (its
 /// updates have a single statement of their own, [`postgres_write`]).
@@ -1091,6 +1056,110 @@ impl Writes {
             }
         }
     }
+}
+
+/// [`Store::update_sqlite`] in the transaction `tx` began on this process's writer, all on this
+/// thread; returns the notice of what it stored. Returning early drops `tx`, which rolls it
+/// back.
+fn update_direct(
+    tx: DirectWrite,
+    tenant: TenantId,
+    key: &ProfileKey,
+    change: &ChangeSet,
+    update: &Update<'_>,
+    actor: &Actor,
+    parts: Parts,
+) -> Result<(Updated, Option<Notice>)> {
+    let loaded = tx
+        .load(tenant, key, parts)?
+        .ok_or_else(|| Fault::not_found("profile"))?;
+    let write = match plan(loaded.into_view(parts)?, change, update)? {
+        Plan::Unchanged(updated) => return Ok((updated, None)),
+        Plan::Write(write) => write,
+    };
+    let (statements, notice) = sqlite_writes(tenant, &write, update, actor)?;
+    for statement in &statements {
+        tx.execute(statement).map_err(|err| match change.external_id_write() {
+            Some((value, field)) if direct::violates_unique(&err, "external_id") => duplicate_external_id(value, field),
+            _ => internal(err),
+        })?;
+    }
+    tx.commit()?;
+    Ok((write.updated, Some(notice)))
+}
+
+/// [`Store::update_sqlite`] through sqlx, on one connection of `pool`, in two hand-overs to the
+/// connection's thread (see [`Writes`]): `BEGIN IMMEDIATE` with the read, then the write with
+/// `COMMIT`. SeaORM's transactions would take four, as its `BEGIN` and `COMMIT` are statements
+/// of their own. Returns the notice of what it stored.
+async fn update_through_sqlx(
+    pool: &SqlitePool,
+    tenant: TenantId,
+    key: &ProfileKey,
+    change: &ChangeSet,
+    update: &Update<'_>,
+    actor: &Actor,
+    parts: Parts,
+) -> Result<(Updated, Option<Notice>)> {
+    let mut tx = SqliteWrite {
+        conn: pool.acquire().await.map_err(acquire_err)?,
+        open: true,
+    };
+    let Statement { sql, values, .. } = load_statement(DbBackend::Sqlite, tenant, key, false, parts);
+    let row = bound(format!("BEGIN IMMEDIATE;\n{sql}"), values)
+        .fetch_optional(&mut *tx.conn)
+        .await
+        .map_err(query_err)?;
+    let planned = row
+        .ok_or_else(|| Fault::not_found("profile").into())
+        .and_then(|row| Ok(Loaded::from_query_result(&QueryResult::from(row), "")?))
+        .and_then(|loaded| loaded.into_view(parts))
+        .and_then(|before| plan(before, change, update))
+        .and_then(|plan| match plan {
+            Plan::Unchanged(updated) => Ok((updated, None)),
+            Plan::Write(write) => {
+                let (statements, notice) = sqlite_writes(tenant, &write, update, actor)?;
+                Ok((write.updated, Some((joined(statements), notice))))
+            }
+        });
+    let (updated, (statement, notice)) = match planned {
+        Ok((updated, Some(write))) => (updated, write),
+        Ok((updated, None)) => {
+            tx.roll_back().await;
+            return Ok((updated, None));
+        }
+        Err(err) => {
+            tx.roll_back().await;
+            return Err(err);
+        }
+    };
+    let Statement { sql, values, .. } = statement;
+    let stored = bound(format!("{sql};\nCOMMIT"), values).execute(&mut *tx.conn).await;
+    if let Err(err) = stored {
+        tx.roll_back().await;
+        return Err(on_external_id(query_err(err), change));
+    }
+    tx.open = false;
+    Ok((updated, Some(notice)))
+}
+
+/// The statements that store `write` on SQLite, and the notice of its new version.
+fn sqlite_writes(
+    tenant: TenantId,
+    write: &Write,
+    update: &Update<'_>,
+    actor: &Actor,
+) -> Result<(Vec<Statement>, Notice)> {
+    let Updated { profile, changes } = &write.updated;
+    let mut writes = Writes::new(DbBackend::Sqlite);
+    writes.push(
+        &profile::Entity::update_many()
+            .set(profile::ActiveModel::from_profile(tenant, &profile.profile)?)
+            .filter(profile::Column::Id.eq(profile.profile.id)),
+    );
+    writes.children(&write.before, &profile.profile, &profile.custom_fields)?;
+    let notice = writes.record(tenant, &profile.profile, update.operation, changes, actor)?;
+    Ok((writes.statements, notice))
 }
 
 /// SQLite's statements as one text, their parameters in order.

@@ -6,7 +6,7 @@
 //! read by its place in the SELECT list, which [`super::with_owned`] builds as the entity's
 //! columns in declaration order (NULL in place of those a read leaves out) followed by the
 //! owned parts, straight into the domain's [`Profile`]: through the same sqlx decoders SeaORM
-//! uses, or rusqlite's for the SQLite reads of [`super::readers`] ([`Cells`]).
+//! uses, or rusqlite's for the SQLite reads of [`super::direct`] ([`Cells`]).
 
 use std::sync::LazyLock;
 
@@ -94,7 +94,7 @@ impl FromQueryResult for Loaded {
         };
         decoded.map_err(|err| match err {
             Fault::Driver(err) => DbErr::Query(RuntimeErr::SqlxError(err.into())),
-            // Never: only the rows of `super::readers` are rusqlite's, and they are not
+            // Never: only the rows of `super::direct` are rusqlite's, and they are not
             // SeaORM's; DbErr has no place for a rusqlite error but its message.
             Fault::Reader(err) => DbErr::Query(RuntimeErr::Internal(err.to_string())),
             Fault::Value(message) => DbErr::Type(message),
