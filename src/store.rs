@@ -1154,7 +1154,7 @@ fn sqlite_writes(
     let mut writes = Writes::new(DbBackend::Sqlite);
     writes.push(
         &profile::Entity::update_many()
-            .set(profile::ActiveModel::from_profile(tenant, &profile.profile)?)
+            .set(profile::ActiveModel::changed(tenant, &write.before, &profile.profile)?)
             .filter(profile::Column::Id.eq(profile.profile.id)),
     );
     writes.children(&write.before, &profile.profile, &profile.custom_fields)?;
@@ -1963,6 +1963,20 @@ impl profile::ActiveModel {
         }
         Ok(row)
     }
+
+    /// The columns of `after`'s row whose values differ from `before`'s, ready to update. An
+    /// UPDATE maintains the index entries of every column it sets, and checks the rows that
+    /// refer to a key it sets, whether or not the value changes.
+    fn changed(tenant: TenantId, before: &Profile, after: &Profile) -> Result<Self> {
+        let before = Self::from_profile(tenant, before)?;
+        let mut row = Self::from_profile(tenant, after)?;
+        for column in profile::Column::iter() {
+            if row.get(column) == before.get(column) {
+                row.not_set(column);
+            }
+        }
+        Ok(row)
+    }
 }
 
 /// A store on a fresh, migrated SQLite file, and the file's folder, which must outlive it.
@@ -1999,6 +2013,24 @@ mod tests {
         for kept in [profile::Column::Id, profile::Column::Status, profile::Column::Version] {
             assert!(bare.reads(kept), "{}", kept.as_str());
         }
+    }
+
+    #[test]
+    fn an_update_of_the_profile_row_sets_only_the_columns_that_changed() {
+        let tenant = TenantId(Uuid::new_v4());
+        let before = Profile::new(Uuid::new_v4(), 7, Utc::now());
+        let mut after = before.clone();
+        after.version += 1;
+        after.updated_at += chrono::TimeDelta::seconds(1);
+        after.fields.insert(Field::Name, Scalar::Text("Ada".into()));
+        after.attributes.insert("tier".into(), "gold".into());
+        let row = profile::ActiveModel::changed(tenant, &before, &after).unwrap();
+        let mut set: Vec<&str> = profile::Column::iter()
+            .filter(|&column| !row.is_not_set(column))
+            .map(|column| column.as_str())
+            .collect();
+        set.sort_unstable();
+        assert_eq!(set, ["attributes", "name", "updated_at", "version"]);
     }
 
     #[test]
