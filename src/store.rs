@@ -276,8 +276,9 @@ pub struct Store {
     /// requests, opened through its pool ([`held`]): an update holds one for its read and its
     /// write (see [`Store::update`]).
     postgres: Option<Held>,
-    /// The pool under `db` when it is SQLite's: an update holds one of its connections from its
-    /// `BEGIN` to its `COMMIT` (see [`Store::update_sqlite`]).
+    /// The pool under `db` when it is SQLite's: an update that cannot run on the [`direct`]
+    /// writer holds one of its connections from its `BEGIN` to its `COMMIT` (see
+    /// [`update_through_sqlx`]).
     sqlite: Option<SqlitePool>,
     /// When `db` is SQLite's, the connections that profile reads and updates open on its
     /// file, opened on first use (`None` when the database is in memory: see [`direct`]).
@@ -917,9 +918,9 @@ impl Store {
 /// sqlx's SQLite driver runs each connection on a thread of its own and hands it every
 /// statement and the answer back, two thread wake-ups a statement, all while the writer holds
 /// SQLite's one write turn; so each statement folded into the text is a hand-over the next
-/// writer no longer waits for (the direct writer has none). SQLite runs a text of several statements in order and binds
-/// their parameters (all `?`) from one list, in order; the first that fails ends it, and the
-/// transaction rolls back. PostgreSQL's extended protocol takes one statement at a time (its
+/// writer no longer waits for (the direct writer has none). SQLite runs a text of several
+/// statements in order and binds their parameters (all `?`) from one list, in order; the first
+/// that fails ends it, and the transaction rolls back. PostgreSQL's extended protocol takes one statement at a time (its
 /// updates have a single statement of their own, [`postgres_write`]).
 struct Writes {
     backend: DbBackend,
