@@ -125,7 +125,7 @@ pub async fn run(cli: Cli) -> Result<(), BoxError> {
             limits,
         } => {
             let store = database.open().await?;
-            crate::db::spawn_checkpoints(store.connection().clone(), store.feed().subscribe());
+            store.spawn_checkpoints();
             let keys = Keys::new(store.clone());
             let mut graphiql_key = None;
             if !keys.any().await? {

@@ -313,6 +313,12 @@ impl Store {
         }
     }
 
+    /// On SQLite, checkpoints the write-ahead log beside the writers after changes (see
+    /// [`crate::db::spawn_checkpoints`]). Call it once, in a Tokio runtime.
+    pub fn spawn_checkpoints(&self) {
+        crate::db::spawn_checkpoints(self.db.clone(), self.feed.subscribe(), self.sqlite_writer.clone());
+    }
+
     /// This replica's change feed (see [`Store::listen`]).
     pub fn feed(&self) -> &Feed {
         &self.feed
