@@ -226,7 +226,8 @@ mod tests {
         write(&db, FINISH_PAST_FRAMES as usize + 100).await;
         let held = turn.lock().await;
         feed.publish(notice());
-        tokio::time::sleep(CHECKPOINT_EVERY * 4).await;
+        // Ample time for the task's checkpoint (after CHECKPOINT_EVERY) while the reader lasts.
+        tokio::time::sleep(Duration::from_millis(500)).await;
         reader.execute_batch("COMMIT").unwrap();
         tokio::time::sleep(CHECKPOINT_EVERY * 4).await;
         let (log, copied) = frames(&file);
@@ -234,8 +235,11 @@ mod tests {
 
         // The task finishes the checkpoint as soon as it has the turn.
         drop(held);
-        tokio::time::sleep(CHECKPOINT_EVERY * 4).await;
-        let (log, copied) = frames(&file);
-        assert_eq!(copied, log);
+        let mut waited = Duration::ZERO;
+        while frames(&file).1 < log && waited < Duration::from_secs(5) {
+            tokio::time::sleep(CHECKPOINT_EVERY).await;
+            waited += CHECKPOINT_EVERY;
+        }
+        assert_eq!(frames(&file), (log, log));
     }
 }

@@ -27,7 +27,9 @@
 //! never waits for the write lock: when another connection holds it (another process's),
 //! [`Direct::begin`] says so at once, and the update goes through sqlx, which waits for it
 //! without blocking a thread. A commit appends to the write-ahead log without syncing it
-//! (`synchronous = NORMAL`, as on sqlx's connections), and checkpoints run beside the writers
+//! (`synchronous = NORMAL`, as on sqlx's connections), but for the first after the log starts
+//! over, which syncs the log's new header (SQLite's guard against corruption) and blocks its
+//! thread meanwhile (11–17 ms in the benchmark); checkpoints run beside the writers
 //! ([`crate::db::spawn_checkpoints`]).
 //!
 //! A database with no file of its own (SQLite in memory) cannot be opened a second time:
