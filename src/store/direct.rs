@@ -318,6 +318,16 @@ mod tests {
     use crate::error::Code;
     use crate::store::{Actor, Store, Update, Updated, load, on_a_fresh_sqlite_file};
 
+    /// A tenant with one profile of no values, and the profile's key.
+    async fn a_blank_profile(store: &Store) -> (TenantId, ProfileKey) {
+        let tenant = store.ensure_tenant("blank").await.unwrap();
+        let created = store
+            .create(tenant, &ChangeSet::default(), &Actor::default())
+            .await
+            .unwrap();
+        (tenant, ProfileKey::Id(created.profile.id))
+    }
+
     /// Renames the profile `key` names, in an update of its own.
     async fn rename(store: &Store, tenant: TenantId, key: &ProfileKey, name: &str) -> Result<Updated> {
         let mut change = ChangeSet::default();
@@ -424,12 +434,7 @@ mod tests {
     #[tokio::test]
     async fn a_read_sees_the_update_committed_just_before_it() {
         let (store, _dir) = on_a_fresh_sqlite_file().await;
-        let tenant = store.ensure_tenant("fresh").await.unwrap();
-        let created = store
-            .create(tenant, &ChangeSet::default(), &Actor::default())
-            .await
-            .unwrap();
-        let key = ProfileKey::Id(created.profile.id);
+        let (tenant, key) = a_blank_profile(&store).await;
         // Open the readers first, so that they hold the file before the writes.
         assert_eq!(
             store
@@ -575,12 +580,7 @@ mod tests {
     #[tokio::test]
     async fn an_update_waits_through_sqlx_while_another_process_holds_the_write_lock() {
         let (store, dir) = on_a_fresh_sqlite_file().await;
-        let tenant = store.ensure_tenant("locked").await.unwrap();
-        let created = store
-            .create(tenant, &ChangeSet::default(), &Actor::default())
-            .await
-            .unwrap();
-        let key = ProfileKey::Id(created.profile.id);
+        let (tenant, key) = a_blank_profile(&store).await;
         rename(&store, tenant, &key, "first").await.unwrap();
         let direct = store.direct().await.unwrap().unwrap();
         assert!(direct.wrote());
