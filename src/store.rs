@@ -598,9 +598,17 @@ impl Store {
             Some(direct) => direct.begin().await?,
             None => None,
         };
+        let call = SqliteUpdate {
+            tenant,
+            key,
+            change,
+            update,
+            actor,
+            parts,
+        };
         let (updated, notice) = match direct {
-            Some(tx) => update_direct(tx, tenant, key, change, update, actor, parts)?,
-            None => update_through_sqlx(pool, tenant, key, change, update, actor, parts).await?,
+            Some(tx) => update_direct(tx, &call)?,
+            None => update_through_sqlx(pool, &call).await?,
         };
         if let Some(notice) = notice {
             self.announce(notice);
@@ -926,8 +934,8 @@ impl Store {
 /// SQLite's one write turn; so each statement folded into the text is a hand-over the next
 /// writer no longer waits for (the direct writer has none). SQLite runs a text of several
 /// statements in order and binds their parameters (all `?`) from one list, in order; the first
-/// that fails ends it, and the transaction rolls back. PostgreSQL's extended protocol takes one statement at a time (its
-/// updates have a single statement of their own, [`postgres_write`]).
+/// that fails ends it, and the transaction rolls back. PostgreSQL's extended protocol takes one
+/// statement at a time (its updates have a single statement of their own, [`postgres_write`]).
 struct Writes {
     backend: DbBackend,
     statements: Vec<Statement>,
@@ -1065,54 +1073,91 @@ impl Writes {
     }
 }
 
+/// What [`Store::update_sqlite`] was asked, for either way it takes.
+struct SqliteUpdate<'a> {
+    tenant: TenantId,
+    key: &'a ProfileKey,
+    change: &'a ChangeSet,
+    update: &'a Update<'a>,
+    actor: &'a Actor,
+    parts: Parts,
+}
+
+/// A planned SQLite update: its result, and unless it stores nothing, the statements that store
+/// it with the notice of its new version.
+type SqlitePlan = (Updated, Option<(Vec<Statement>, Notice)>);
+
+impl SqliteUpdate<'_> {
+    /// Plans the update of the profile `loaded` (read in the update's transaction).
+    fn plan(&self, loaded: Loaded) -> Result<SqlitePlan> {
+        match plan(loaded.into_view(self.parts)?, self.change, self.update)? {
+            Plan::Unchanged(updated) => Ok((updated, None)),
+            Plan::Write(write) => {
+                let statements = self.writes(&write)?;
+                Ok((write.updated, Some(statements)))
+            }
+        }
+    }
+
+    /// The statements that store `write`, and the notice of its new version.
+    fn writes(&self, write: &Write) -> Result<(Vec<Statement>, Notice)> {
+        let Updated { profile, changes } = &write.updated;
+        let mut writes = Writes::new(DbBackend::Sqlite);
+        writes.push(
+            &profile::Entity::update_many()
+                .set(profile::ActiveModel::changed(
+                    self.tenant,
+                    &write.before,
+                    &profile.profile,
+                )?)
+                .filter(profile::Column::Id.eq(profile.profile.id)),
+        );
+        writes.children(&write.before, &profile.profile, &profile.custom_fields)?;
+        let notice = writes.record(
+            self.tenant,
+            &profile.profile,
+            self.update.operation,
+            changes,
+            self.actor,
+        )?;
+        Ok((writes.statements, notice))
+    }
+}
+
 /// [`Store::update_sqlite`] in the transaction `tx` began on this process's writer, all on this
 /// thread; returns the notice of what it stored. Returning early drops `tx`, which rolls it
 /// back.
-fn update_direct(
-    tx: DirectWrite,
-    tenant: TenantId,
-    key: &ProfileKey,
-    change: &ChangeSet,
-    update: &Update<'_>,
-    actor: &Actor,
-    parts: Parts,
-) -> Result<(Updated, Option<Notice>)> {
+fn update_direct(tx: DirectWrite, call: &SqliteUpdate<'_>) -> Result<(Updated, Option<Notice>)> {
     let loaded = tx
-        .load(tenant, key, parts)?
+        .load(call.tenant, call.key, call.parts)?
         .ok_or_else(|| Fault::not_found("profile"))?;
-    let write = match plan(loaded.into_view(parts)?, change, update)? {
-        Plan::Unchanged(updated) => return Ok((updated, None)),
-        Plan::Write(write) => write,
+    let (updated, (statements, notice)) = match call.plan(loaded)? {
+        (updated, Some(write)) => (updated, write),
+        (updated, None) => return Ok((updated, None)),
     };
-    let (statements, notice) = sqlite_writes(tenant, &write, update, actor)?;
     for statement in &statements {
-        tx.execute(statement).map_err(|err| match change.external_id_write() {
-            Some((value, field)) if direct::violates_unique(&err, "external_id") => duplicate_external_id(value, field),
-            _ => internal(err),
-        })?;
+        tx.execute(statement)
+            .map_err(|err| match call.change.external_id_write() {
+                Some((value, field)) if direct::violates_unique(&err, "external_id") => {
+                    duplicate_external_id(value, field)
+                }
+                _ => internal(err),
+            })?;
     }
     tx.commit()?;
-    Ok((write.updated, Some(notice)))
+    Ok((updated, Some(notice)))
 }
 
 /// [`Store::update_sqlite`] through sqlx, on one connection of `pool`, in two hand-overs to the
 /// connection's thread (see [`Writes`]): `BEGIN IMMEDIATE` with the read, then the write with
 /// `COMMIT`. SeaORM's transactions would take four, as its `BEGIN` and `COMMIT` are statements
 /// of their own. Returns the notice of what it stored.
-async fn update_through_sqlx(
-    pool: &SqlitePool,
-    tenant: TenantId,
-    key: &ProfileKey,
-    change: &ChangeSet,
-    update: &Update<'_>,
-    actor: &Actor,
-    parts: Parts,
-) -> Result<(Updated, Option<Notice>)> {
+async fn update_through_sqlx(pool: &SqlitePool, call: &SqliteUpdate<'_>) -> Result<(Updated, Option<Notice>)> {
     let mut tx = SqliteWrite {
         conn: pool.acquire().await.map_err(acquire_err)?,
         open: true,
     };
-    let Statement { sql, values, .. } = load_statement(DbBackend::Sqlite, tenant, key, false, parts);
+    let Statement { sql, values, .. } = load_statement(DbBackend::Sqlite, call.tenant, call.key, false, call.parts);
     let row = bound(format!("BEGIN IMMEDIATE;\n{sql}"), values)
         .fetch_optional(&mut *tx.conn)
         .await
@@ -1120,17 +1165,9 @@ async fn update_through_sqlx(
     let planned = row
         .ok_or_else(|| Fault::not_found("profile").into())
         .and_then(|row| Ok(Loaded::from_query_result(&QueryResult::from(row), "")?))
-        .and_then(|loaded| loaded.into_view(parts))
-        .and_then(|before| plan(before, change, update))
-        .and_then(|plan| match plan {
-            Plan::Unchanged(updated) => Ok((updated, None)),
-            Plan::Write(write) => {
-                let (statements, notice) = sqlite_writes(tenant, &write, update, actor)?;
-                Ok((write.updated, Some((joined(statements), notice))))
-            }
-        });
-    let (updated, (statement, notice)) = match planned {
-        Ok((updated, Some(write))) => (updated, write),
+        .and_then(|loaded| call.plan(loaded));
+    let (updated, statements, notice) = match planned {
+        Ok((updated, Some((statements, notice)))) => (updated, statements, notice),
         Ok((updated, None)) => {
             tx.roll_back().await;
             return Ok((updated, None));
@@ -1140,33 +1177,14 @@ async fn update_through_sqlx(
             return Err(err);
         }
     };
-    let Statement { sql, values, .. } = statement;
+    let Statement { sql, values, .. } = joined(statements);
     let stored = bound(format!("{sql};\nCOMMIT"), values).execute(&mut *tx.conn).await;
     if let Err(err) = stored {
         tx.roll_back().await;
-        return Err(on_external_id(query_err(err), change));
+        return Err(on_external_id(query_err(err), call.change));
     }
     tx.open = false;
     Ok((updated, Some(notice)))
-}
-
-/// The statements that store `write` on SQLite, and the notice of its new version.
-fn sqlite_writes(
-    tenant: TenantId,
-    write: &Write,
-    update: &Update<'_>,
-    actor: &Actor,
-) -> Result<(Vec<Statement>, Notice)> {
-    let Updated { profile, changes } = &write.updated;
-    let mut writes = Writes::new(DbBackend::Sqlite);
-    writes.push(
-        &profile::Entity::update_many()
-            .set(profile::ActiveModel::changed(tenant, &write.before, &profile.profile)?)
-            .filter(profile::Column::Id.eq(profile.profile.id)),
-    );
-    writes.children(&write.before, &profile.profile, &profile.custom_fields)?;
-    let notice = writes.record(tenant, &profile.profile, update.operation, changes, actor)?;
-    Ok((writes.statements, notice))
 }
 
 /// SQLite's statements as one text, their parameters in order.
