@@ -148,29 +148,25 @@ pub(super) trait Cells {
     fn cell<T: Cell>(&self, index: usize) -> Result<T, Fault>;
 }
 
-impl Cells for PgRow {
-    fn width(&self) -> usize {
-        self.len()
-    }
-    fn names(&self) -> Vec<&str> {
-        self.columns().iter().map(sqlx::Column::name).collect()
-    }
-    fn cell<T: Cell>(&self, index: usize) -> Result<T, Fault> {
-        Ok(self.try_get(index)?)
-    }
+/// [`Cells`] of sqlx's rows, the same for each database: a blanket impl over `sqlx::Row` would
+/// need [`Cell`] to name each database's decoder generically, and would overlap rusqlite's.
+macro_rules! sqlx_cells {
+    ($($row:ty),+) => {$(
+        impl Cells for $row {
+            fn width(&self) -> usize {
+                self.len()
+            }
+            fn names(&self) -> Vec<&str> {
+                self.columns().iter().map(sqlx::Column::name).collect()
+            }
+            fn cell<T: Cell>(&self, index: usize) -> Result<T, Fault> {
+                Ok(self.try_get(index)?)
+            }
+        }
+    )+};
 }
 
-impl Cells for SqliteRow {
-    fn width(&self) -> usize {
-        self.len()
-    }
-    fn names(&self) -> Vec<&str> {
-        self.columns().iter().map(sqlx::Column::name).collect()
-    }
-    fn cell<T: Cell>(&self, index: usize) -> Result<T, Fault> {
-        Ok(self.try_get(index)?)
-    }
-}
+sqlx_cells!(PgRow, SqliteRow);
 
 impl Cells for rusqlite::Row<'_> {
     fn width(&self) -> usize {
