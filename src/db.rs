@@ -76,7 +76,7 @@ pub async fn connect(url: &str) -> Result<DatabaseConnection, DbErr> {
 }
 
 /// The write-ahead log's length (in frames, a page each) past which [`spawn_checkpoints`]
-/// finishes a checkpoint that the writers outran, in their turn, so that the log starts over.
+/// checkpoints it once more in the writers' turn, so that the log starts over.
 const FINISH_PAST_FRAMES: i64 = 2_000;
 
 /// Checkpoints SQLite's write-ahead log [`CHECKPOINT_EVERY`] after a change is announced in
@@ -84,13 +84,14 @@ const FINISH_PAST_FRAMES: i64 = 2_000;
 /// no one waits for it), for as long as `writes` is open. Writes that announce nothing (API keys,
 /// idempotency keys) wait for the next change, or for the backstop. Does nothing on PostgreSQL.
 ///
-/// The log starts over (from its first frame, rather than growing) only when a checkpoint has
-/// copied all of it. Writers that never pause add frames while each checkpoint copies, so the
-/// log would grow to the backstop, where a writer checkpoints it in its commit, on a request's
-/// thread for updates ([`crate::store`]'s `direct` writer). So once the log is past
-/// [`FINISH_PAST_FRAMES`], the frames a checkpoint left behind are copied in this process's
-/// write `turn`, where none are added. The writers wait for that copy and its `fsync` (16–18 ms
-/// in the benchmark, W2 at half rate, most of it the `fsync`).
+/// The log starts over (from its first frame, rather than growing) only when a writer begins
+/// its transaction after a checkpoint has copied all of it. Writers that never pause add frames
+/// while each checkpoint copies; and when one copies all of the log, a writer that began before
+/// it ended adds its frames after the copied ones. So the log would grow to the backstop, where
+/// a writer checkpoints it in its commit, on a request's thread for updates ([`crate::store`]'s
+/// `direct` writer). Once the log is past [`FINISH_PAST_FRAMES`], a second checkpoint therefore
+/// runs in this process's write `turn`, where no writer is in a transaction. It copies what the
+/// writers added since the first, and the writers wait for it.
 pub fn spawn_checkpoints(db: DatabaseConnection, mut writes: broadcast::Receiver<Notice>, turn: Arc<Mutex<()>>) {
     if db.get_database_backend() != DbBackend::Sqlite {
         return;
@@ -112,7 +113,7 @@ pub fn spawn_checkpoints(db: DatabaseConnection, mut writes: broadcast::Receiver
                     continue;
                 }
             };
-            if wal.log > FINISH_PAST_FRAMES && wal.checkpointed < wal.log {
+            if wal.log > FINISH_PAST_FRAMES {
                 let _turn = turn.lock().await;
                 if let Err(err) = checkpoint(&db).await {
                     tracing::warn!(error = %err, "could not checkpoint the write-ahead log");
@@ -122,12 +123,10 @@ pub fn spawn_checkpoints(db: DatabaseConnection, mut writes: broadcast::Receiver
     });
 }
 
-/// What `PRAGMA wal_checkpoint` reports: the frames in the log, and how many of them are in the
-/// database file.
+/// What `PRAGMA wal_checkpoint` reports that is used here: the frames in the log.
 #[derive(Debug, FromQueryResult)]
 struct Wal {
     log: i64,
-    checkpointed: i64,
 }
 
 /// A `PASSIVE` checkpoint, which copies what it can without waiting for anyone.
@@ -171,6 +170,44 @@ mod tests {
         (at(16), at(96))
     }
 
+    /// A SQLite database in a file of its own, with a table `t`, and [`spawn_checkpoints`]
+    /// running on it, told of writes by `feed`, in `turn`.
+    struct Logged {
+        _dir: tempfile::TempDir,
+        file: std::path::PathBuf,
+        db: DatabaseConnection,
+        feed: crate::feed::Feed,
+        turn: Arc<Mutex<()>>,
+    }
+
+    async fn logged() -> Logged {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("wal.db");
+        let db = connect(&format!("sqlite://{}", file.display())).await.unwrap();
+        db.execute_unprepared("CREATE TABLE t (n INTEGER, b BLOB)")
+            .await
+            .unwrap();
+        let feed = crate::feed::Feed::default();
+        let turn = Arc::new(Mutex::new(()));
+        spawn_checkpoints(db.clone(), feed.subscribe(), turn.clone());
+        Logged {
+            _dir: dir,
+            file,
+            db,
+            feed,
+            turn,
+        }
+    }
+
+    /// Waits until `done`, for at most five seconds.
+    async fn until(done: impl Fn() -> bool) {
+        let mut waited = Duration::ZERO;
+        while !done() && waited < Duration::from_secs(5) {
+            tokio::time::sleep(CHECKPOINT_EVERY).await;
+            waited += CHECKPOINT_EVERY;
+        }
+    }
+
     async fn write(db: &DatabaseConnection, rows: usize) {
         for n in 0..rows {
             db.execute_unprepared(&format!("INSERT INTO t VALUES ({n}, randomblob(2000))"))
@@ -181,14 +218,7 @@ mod tests {
 
     #[tokio::test]
     async fn writers_leave_checkpoints_to_the_background_task_which_runs_after_announced_changes() {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}", dir.path().join("wal.db").display());
-        let db = connect(&url).await.unwrap();
-        db.execute_unprepared("CREATE TABLE t (n INTEGER, b BLOB)")
-            .await
-            .unwrap();
-        let feed = crate::feed::Feed::default();
-        spawn_checkpoints(db.clone(), feed.subscribe(), Arc::default());
+        let Logged { _dir, db, feed, .. } = logged().await;
         // 1,200 commits of a page or two each: no writer checkpoints (the backstop is far), and
         // with no change announced neither does the task.
         write(&db, 1200).await;
@@ -209,15 +239,13 @@ mod tests {
 
     #[tokio::test]
     async fn a_long_log_that_a_checkpoint_could_not_finish_is_finished_in_the_write_turn() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("wal.db");
-        let db = connect(&format!("sqlite://{}", file.display())).await.unwrap();
-        db.execute_unprepared("CREATE TABLE t (n INTEGER, b BLOB)")
-            .await
-            .unwrap();
-        let feed = crate::feed::Feed::default();
-        let turn = Arc::new(Mutex::new(()));
-        spawn_checkpoints(db.clone(), feed.subscribe(), turn.clone());
+        let Logged {
+            _dir,
+            file,
+            db,
+            feed,
+            turn,
+        } = logged().await;
 
         // A reader's snapshot keeps any checkpoint from copying the frames written after it,
         // as writers that never pause keep it from copying the last ones.
@@ -235,11 +263,44 @@ mod tests {
 
         // The task finishes the checkpoint as soon as it has the turn.
         drop(held);
-        let mut waited = Duration::ZERO;
-        while frames(&file).1 < log && waited < Duration::from_secs(5) {
-            tokio::time::sleep(CHECKPOINT_EVERY).await;
-            waited += CHECKPOINT_EVERY;
-        }
+        until(|| frames(&file).1 == log).await;
         assert_eq!(frames(&file), (log, log));
+    }
+
+    #[tokio::test]
+    async fn a_long_log_starts_over_though_a_writer_in_its_transaction_saw_a_checkpoint_copy_all_of_it() {
+        let Logged {
+            _dir,
+            file,
+            db,
+            feed,
+            turn,
+        } = logged().await;
+        write(&db, FINISH_PAST_FRAMES as usize + 100).await;
+
+        // A writer of this process begins in its turn while the log is long: its transaction
+        // reads the log, so the log cannot start over when it commits.
+        let held = turn.lock().await;
+        let writer = rusqlite::Connection::open(&file).unwrap();
+        writer
+            .execute_batch(&format!(
+                "PRAGMA wal_autocheckpoint = {WAL_BACKSTOP_PAGES}; BEGIN IMMEDIATE; INSERT INTO t VALUES (-1, NULL);"
+            ))
+            .unwrap();
+        feed.publish(notice());
+        // Ample time for the task's checkpoint (after CHECKPOINT_EVERY), which copies all of
+        // the log: the writer has added no frame yet.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let (log, copied) = frames(&file);
+        assert!(log > FINISH_PAST_FRAMES as u32 && copied == log, "{log} {copied}");
+        writer.execute_batch("COMMIT").unwrap();
+        drop(held);
+
+        // In the turn, the task copies the frames the writer added, so the next writer, which
+        // finds the whole log copied when it begins, starts the log over.
+        until(|| frames(&file).1 > log).await;
+        write(&db, 1).await;
+        let (log, _) = frames(&file);
+        assert!(log < 10, "{log}");
     }
 }
