@@ -1,10 +1,13 @@
 //! Connecting to the database and applying the migrations.
 
+use std::fs::File;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use migrations::{Migrator, MigratorTrait};
-use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
+use sea_orm::sqlx;
+use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqlitePool, SqliteSynchronous};
 use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbBackend, DbErr, FromQueryResult, Statement};
 use tokio::sync::Mutex;
 use tokio::sync::broadcast::{self, error::RecvError};
@@ -97,6 +100,20 @@ pub fn spawn_checkpoints(db: DatabaseConnection, mut writes: broadcast::Receiver
         return;
     }
     tokio::spawn(async move {
+        // The database's file, to sync before the checkpoint in the turn.
+        let file = match database_file(db.get_sqlite_connection_pool()).await {
+            Ok(Some(path)) => File::open(&path)
+                .inspect_err(
+                    |err| tracing::warn!(error = %err, path = %path.display(), "could not open the database file"),
+                )
+                .ok()
+                .map(Arc::new),
+            Ok(None) => None,
+            Err(err) => {
+                tracing::warn!(error = %err, "could not find the database's file");
+                None
+            }
+        };
         loop {
             match writes.recv().await {
                 // Having missed some notices is having had writes.
@@ -114,6 +131,9 @@ pub fn spawn_checkpoints(db: DatabaseConnection, mut writes: broadcast::Receiver
                 }
             };
             if wal.log > FINISH_PAST_FRAMES {
+                if let Some(file) = &file {
+                    sync(file.clone()).await;
+                }
                 let _turn = turn.lock().await;
                 if let Err(err) = checkpoint(&db).await {
                     tracing::warn!(error = %err, "could not checkpoint the write-ahead log");
@@ -121,6 +141,17 @@ pub fn spawn_checkpoints(db: DatabaseConnection, mut writes: broadcast::Receiver
             }
         }
     });
+}
+
+/// Writes out the pages that checkpoints copied into the database `file` and have not synced:
+/// SQLite syncs the file only after a checkpoint that copied all of the log, which the one in
+/// the writers' turn does, and its `fsync` would otherwise write them all while they wait.
+async fn sync(file: Arc<File>) {
+    match tokio::task::spawn_blocking(move || file.sync_data()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(err)) => tracing::warn!(error = %err, "could not sync the database file"),
+        Err(err) => tracing::warn!(error = %err, "the database file's sync did not finish"),
+    }
 }
 
 /// What `PRAGMA wal_checkpoint` reports that is used here: the frames in the log.
@@ -136,6 +167,16 @@ async fn checkpoint(db: &DatabaseConnection) -> Result<Wal, DbErr> {
         .one(db)
         .await?
         .ok_or_else(|| DbErr::RecordNotFound("wal_checkpoint answered no row".to_owned()))
+}
+
+/// The file of the SQLite database under `pool`, as SQLite resolved its path, or `None` when
+/// the database is in memory.
+pub(crate) async fn database_file(pool: &SqlitePool) -> Result<Option<PathBuf>, DbErr> {
+    let file: String = sqlx::query_scalar("SELECT file FROM pragma_database_list WHERE name = 'main'")
+        .fetch_one(pool)
+        .await
+        .map_err(|err| DbErr::Query(sea_orm::RuntimeErr::SqlxError(err.into())))?;
+    Ok((!file.is_empty()).then(|| PathBuf::from(file)))
 }
 
 /// Applies every pending migration.
@@ -214,6 +255,18 @@ mod tests {
                 .await
                 .unwrap();
         }
+    }
+
+    #[tokio::test]
+    async fn the_database_file_is_the_path_sqlite_opened_and_none_in_memory() {
+        let Logged { _dir, file, db, .. } = logged().await;
+        let found = database_file(db.get_sqlite_connection_pool()).await.unwrap();
+        assert_eq!(
+            found.map(|path| path.canonicalize().unwrap()),
+            Some(file.canonicalize().unwrap())
+        );
+        let memory = connect("sqlite::memory:").await.unwrap();
+        assert_eq!(database_file(memory.get_sqlite_connection_pool()).await.unwrap(), None);
     }
 
     #[tokio::test]

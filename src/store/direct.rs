@@ -42,12 +42,12 @@ use chrono::SecondsFormat;
 use deadpool::managed::{self, Metrics, Object, PoolError, QueueMode, RecycleError, RecycleResult};
 use rusqlite::types::{ToSqlOutput, Value as Sql};
 use rusqlite::{Connection, ErrorCode, OpenFlags, ToSql, ffi};
-use sea_orm::sqlx::{self, SqlitePool};
+use sea_orm::sqlx::SqlitePool;
 use sea_orm::{ConnAcquireErr, DbBackend, DbErr, Statement, Value};
 
 use super::row::{Loaded, decode};
 use super::{Parts, ProfileKey, TenantId, load_text};
-use crate::db::WAL_BACKSTOP_PAGES;
+use crate::db::{WAL_BACKSTOP_PAGES, database_file};
 use crate::error::{Error, Result};
 
 /// How long a reader waits for SQLite's locks before it fails. Readers in WAL mode take none
@@ -72,18 +72,13 @@ impl Direct {
     /// Up to `readers` readers and one writer on the database under `pool`, or `None` when it
     /// has no file of its own (in memory). Each waits for a connection as long as `pool` does.
     pub async fn new(pool: &SqlitePool, readers: usize) -> Result<Option<Self>> {
-        // SQLite says which file it opened: the path as it resolved it, or "" in memory.
-        let file: String = sqlx::query_scalar("SELECT file FROM pragma_database_list WHERE name = 'main'")
-            .fetch_one(pool)
-            .await
-            .map_err(|err| DbErr::Query(sea_orm::RuntimeErr::SqlxError(err.into())))?;
-        if file.is_empty() {
+        let Some(file) = database_file(pool).await? else {
             return Ok(None);
-        }
+        };
         let wait = pool.options().get_acquire_timeout();
         let open = |role, size| {
             managed::Pool::builder(Opener {
-                file: PathBuf::from(&file),
+                file: file.clone(),
                 role,
             })
             .max_size(size)
@@ -309,7 +304,7 @@ impl managed::Manager for Opener {
 #[cfg(test)]
 mod tests {
     use chrono::{DateTime, Utc};
-    use sea_orm::ConnectionTrait;
+    use sea_orm::{ConnectionTrait, sqlx};
     use serde_json::json;
     use uuid::Uuid;
 
