@@ -94,7 +94,8 @@ const FINISH_PAST_FRAMES: i64 = 2_000;
 /// a writer checkpoints it in its commit, on a request's thread for updates ([`crate::store`]'s
 /// `direct` writer). Once the log is past [`FINISH_PAST_FRAMES`], a second checkpoint therefore
 /// runs in this process's write `turn`, where no writer is in a transaction. It copies what the
-/// writers added since the first, and the writers wait for it.
+/// writers added since the first, and the writers wait for it; so the database file is synced
+/// just before ([`sync`]), and that checkpoint's own sync writes out only what it copied.
 pub fn spawn_checkpoints(db: DatabaseConnection, mut writes: broadcast::Receiver<Notice>, turn: Arc<Mutex<()>>) {
     if db.get_database_backend() != DbBackend::Sqlite {
         return;
@@ -145,7 +146,9 @@ pub fn spawn_checkpoints(db: DatabaseConnection, mut writes: broadcast::Receiver
 
 /// Writes out the pages that checkpoints copied into the database `file` and have not synced:
 /// SQLite syncs the file only after a checkpoint that copied all of the log, which the one in
-/// the writers' turn does, and its `fsync` would otherwise write them all while they wait.
+/// the writers' turn does, and its `fsync` would otherwise write them all while they wait
+/// (8–9 ms in the benchmark, W2 at half rate, against 2 ms after this). `file` is open for
+/// reading, through which Linux syncs it as through any other descriptor.
 async fn sync(file: Arc<File>) {
     match tokio::task::spawn_blocking(move || file.sync_data()).await {
         Ok(Ok(())) => {}
@@ -215,7 +218,7 @@ mod tests {
     /// running on it, told of writes by `feed`, in `turn`.
     struct Logged {
         _dir: tempfile::TempDir,
-        file: std::path::PathBuf,
+        file: PathBuf,
         db: DatabaseConnection,
         feed: crate::feed::Feed,
         turn: Arc<Mutex<()>>,
