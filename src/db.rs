@@ -295,68 +295,56 @@ mod tests {
 
     #[tokio::test]
     async fn a_long_log_that_a_checkpoint_could_not_finish_is_finished_in_the_write_turn() {
-        let Logged {
-            _dir,
-            file,
-            db,
-            feed,
-            turn,
-        } = logged().await;
+        let logged = logged().await;
 
         // A reader's snapshot keeps any checkpoint from copying the frames written after it,
         // as writers that never pause keep it from copying the last ones.
-        let reader = rusqlite::Connection::open(&file).unwrap();
+        let reader = rusqlite::Connection::open(&logged.file).unwrap();
         reader.execute_batch("BEGIN; SELECT count(*) FROM t;").unwrap();
-        write(&db, FINISH_PAST_FRAMES as usize + 100).await;
-        let held = turn.lock().await;
-        feed.publish(notice());
+        write(&logged.db, FINISH_PAST_FRAMES as usize + 100).await;
+        let held = logged.turn.lock().await;
+        logged.feed.publish(notice());
         // Ample time for the task's checkpoint (after CHECKPOINT_EVERY) while the reader lasts.
         tokio::time::sleep(Duration::from_millis(500)).await;
         reader.execute_batch("COMMIT").unwrap();
         tokio::time::sleep(CHECKPOINT_EVERY * 4).await;
-        let (log, copied) = frames(&file);
+        let (log, copied) = frames(&logged.file);
         assert!(log > FINISH_PAST_FRAMES as u32 && copied < log, "{log} {copied}");
 
         // The task finishes the checkpoint as soon as it has the turn.
         drop(held);
-        until(|| frames(&file).1 == log).await;
-        assert_eq!(frames(&file), (log, log));
+        until(|| frames(&logged.file).1 == log).await;
+        assert_eq!(frames(&logged.file), (log, log));
     }
 
     #[tokio::test]
     async fn a_long_log_starts_over_though_a_writer_in_its_transaction_saw_a_checkpoint_copy_all_of_it() {
-        let Logged {
-            _dir,
-            file,
-            db,
-            feed,
-            turn,
-        } = logged().await;
-        write(&db, FINISH_PAST_FRAMES as usize + 100).await;
+        let logged = logged().await;
+        write(&logged.db, FINISH_PAST_FRAMES as usize + 100).await;
 
         // A writer of this process begins in its turn while the log is long: its transaction
         // reads the log, so the log cannot start over when it commits.
-        let held = turn.lock().await;
-        let writer = rusqlite::Connection::open(&file).unwrap();
+        let held = logged.turn.lock().await;
+        let writer = rusqlite::Connection::open(&logged.file).unwrap();
         writer
             .execute_batch(&format!(
                 "PRAGMA wal_autocheckpoint = {WAL_BACKSTOP_PAGES}; BEGIN IMMEDIATE; INSERT INTO t VALUES (-1, NULL);"
             ))
             .unwrap();
-        feed.publish(notice());
+        logged.feed.publish(notice());
         // Ample time for the task's checkpoint (after CHECKPOINT_EVERY), which copies all of
         // the log: the writer has added no frame yet.
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let (log, copied) = frames(&file);
+        let (log, copied) = frames(&logged.file);
         assert!(log > FINISH_PAST_FRAMES as u32 && copied == log, "{log} {copied}");
         writer.execute_batch("COMMIT").unwrap();
         drop(held);
 
         // In the turn, the task copies the frames the writer added, so the next writer, which
         // finds the whole log copied when it begins, starts the log over.
-        until(|| frames(&file).1 > log).await;
-        write(&db, 1).await;
-        let (log, _) = frames(&file);
+        until(|| frames(&logged.file).1 > log).await;
+        write(&logged.db, 1).await;
+        let (log, _) = frames(&logged.file);
         assert!(log < 10, "{log}");
     }
 }
