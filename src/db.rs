@@ -190,6 +190,7 @@ pub async fn migrate(db: &DatabaseConnection) -> Result<(), DbErr> {
 #[cfg(test)]
 mod tests {
     use sea_orm::ConnectionTrait;
+    use sea_orm::sqlx::Row;
 
     use super::*;
 
@@ -346,5 +347,78 @@ mod tests {
         write(&logged.db, 1).await;
         let (log, _) = frames(&logged.file);
         assert!(log < 10, "{log}");
+    }
+
+    /// The `CREATE TABLE` text of `table`, and its rows in key order.
+    async fn table(db: &DatabaseConnection, table: &str) -> (String, Vec<Vec<String>>) {
+        let sql: String = sqlx::query_scalar("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?")
+            .bind(table)
+            .fetch_one(db.get_sqlite_connection_pool())
+            .await
+            .unwrap();
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT * FROM {table} ORDER BY 1, 2")))
+            .fetch_all(db.get_sqlite_connection_pool())
+            .await
+            .unwrap()
+            .iter()
+            .map(|row| {
+                (0..row.len())
+                    .filter_map(|column| row.get::<Option<String>, _>(column))
+                    .collect()
+            })
+            .collect();
+        (sql, rows)
+    }
+
+    #[tokio::test]
+    async fn on_sqlite_tags_and_groups_move_to_tables_without_row_ids_with_their_rows_and_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = connect(&format!("sqlite://{}", dir.path().join("m.db").display()))
+            .await
+            .unwrap();
+        Migrator::up(&db, Some(3)).await.unwrap();
+        db.execute_unprepared(
+            "INSERT INTO tenants (id, name, last_serial, created_at) VALUES ('t', 'acme', 1, '2026-12-01');
+             INSERT INTO profiles (id, tenant_id, serial_number, status, attributes, version, created_at, updated_at)
+               VALUES ('p', 't', 1, 'active', '{}', 1, '2026-12-01', '2026-12-01');
+             INSERT INTO profile_tags VALUES ('p', 'tier', 'gold'), ('p', 'city', NULL);
+             INSERT INTO profile_groups VALUES ('p', 'vip');",
+        )
+        .await
+        .unwrap();
+        let tags = vec![
+            vec!["p".to_owned(), "city".to_owned()],
+            vec!["p".into(), "tier".into(), "gold".into()],
+        ];
+        let groups = vec![vec!["p".to_owned(), "vip".to_owned()]];
+
+        Migrator::up(&db, None).await.unwrap();
+        for (name, rows) in [("profile_tags", &tags), ("profile_groups", &groups)] {
+            let (sql, kept) = table(&db, name).await;
+            assert!(sql.ends_with("WITHOUT ROWID"), "{sql}");
+            assert_eq!(&kept, rows, "{name}");
+        }
+        let indexes: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM sqlite_master WHERE name IN ('ix_profile_tags_key', 'ix_profile_groups_name')",
+        )
+        .fetch_one(db.get_sqlite_connection_pool())
+        .await
+        .unwrap();
+        assert_eq!(indexes, 2);
+
+        Migrator::down(&db, Some(1)).await.unwrap();
+        for (name, rows) in [("profile_tags", &tags), ("profile_groups", &groups)] {
+            let (sql, kept) = table(&db, name).await;
+            assert!(!sql.contains("WITHOUT ROWID"), "{sql}");
+            assert_eq!(&kept, rows, "{name}");
+        }
+
+        // The foreign keys came along: a deleted profile takes its tags and groups with it.
+        Migrator::up(&db, None).await.unwrap();
+        db.execute_unprepared("DELETE FROM profiles WHERE id = 'p'")
+            .await
+            .unwrap();
+        assert!(table(&db, "profile_tags").await.1.is_empty());
+        assert!(table(&db, "profile_groups").await.1.is_empty());
     }
 }

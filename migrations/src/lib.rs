@@ -8,6 +8,7 @@ pub use sea_orm_migration::prelude::*;
 mod m20261124_000001_create_core_tables;
 mod m20261124_000002_create_api_keys;
 mod m20261124_000003_create_history_and_idempotency;
+mod m20261201_000004_sqlite_tags_and_groups_without_rowid;
 
 /// Every migration of the service, oldest first.
 pub struct Migrator;
@@ -19,6 +20,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261124_000001_create_core_tables::Migration),
             Box::new(m20261124_000002_create_api_keys::Migration),
             Box::new(m20261124_000003_create_history_and_idempotency::Migration),
+            Box::new(m20261201_000004_sqlite_tags_and_groups_without_rowid::Migration),
         ]
     }
 }
