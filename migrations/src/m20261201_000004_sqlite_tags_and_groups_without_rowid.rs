@@ -23,35 +23,40 @@ impl MigrationTrait for Migration {
     }
 
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        if manager.get_database_backend() != DbBackend::Sqlite {
-            return Ok(());
-        }
-        rebuild(manager, ProfileTags::Table, tags(true), &tags_index()).await?;
-        rebuild(manager, ProfileGroups::Table, groups(true), &groups_index()).await
+        rebuild_both(manager, true).await
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        if manager.get_database_backend() != DbBackend::Sqlite {
-            return Ok(());
-        }
-        rebuild(manager, ProfileTags::Table, tags(false), &tags_index()).await?;
-        rebuild(manager, ProfileGroups::Table, groups(false), &groups_index()).await
+        rebuild_both(manager, false).await
     }
 }
 
-/// Replaces the table `name` with the one `table` creates under that name, rows and all, and
-/// creates its `index` again.
+/// On SQLite, rebuilds `profile_tags` and `profile_groups` without row ids or with them;
+/// elsewhere does nothing.
+async fn rebuild_both(manager: &SchemaManager<'_>, without_rowid: bool) -> Result<(), DbErr> {
+    if manager.get_database_backend() != DbBackend::Sqlite {
+        return Ok(());
+    }
+    rebuild(manager, ProfileTags::Table, tags(), &tags_index(), without_rowid).await?;
+    rebuild(manager, ProfileGroups::Table, groups(), &groups_index(), without_rowid).await
+}
+
+/// Replaces the table `name` with the one `table` creates under that name (without a row id
+/// when `without_rowid`), rows and all, and creates its `index` again.
 async fn rebuild(
     manager: &SchemaManager<'_>,
     name: impl Iden,
     mut table: TableCreateStatement,
     index: &IndexCreateStatement,
+    without_rowid: bool,
 ) -> Result<(), DbErr> {
     let name = name.to_string();
     let staged = format!("{name}_rebuilt");
-    manager
-        .create_table(table.table(Alias::new(&staged)).to_owned())
-        .await?;
+    table.table(Alias::new(&staged));
+    if without_rowid {
+        table.extra("WITHOUT ROWID");
+    }
+    manager.create_table(table).await?;
     // The columns are the same, in the same order.
     let db = manager.get_connection();
     db.execute_unprepared(&format!(r#"INSERT INTO "{staged}" SELECT * FROM "{name}""#))
@@ -62,10 +67,9 @@ async fn rebuild(
     manager.create_index(index.to_owned()).await
 }
 
-/// `profile_tags` as the first migration creates it, without a row id or with one.
-fn tags(without_rowid: bool) -> TableCreateStatement {
-    let mut table = Table::create();
-    table
+/// `profile_tags` as the first migration creates it.
+fn tags() -> TableCreateStatement {
+    Table::create()
         .table(ProfileTags::Table)
         .col(uuid(ProfileTags::ProfileId))
         .col(string_len(ProfileTags::Key, 50))
@@ -76,11 +80,8 @@ fn tags(without_rowid: bool) -> TableCreateStatement {
                 .from(ProfileTags::Table, ProfileTags::ProfileId)
                 .to(Profiles::Table, Profiles::Id)
                 .on_delete(ForeignKeyAction::Cascade),
-        );
-    if without_rowid {
-        table.extra("WITHOUT ROWID");
-    }
-    table
+        )
+        .to_owned()
 }
 
 /// Serves the `profiles(filter: {tag})` lookup.
@@ -93,10 +94,9 @@ fn tags_index() -> IndexCreateStatement {
         .to_owned()
 }
 
-/// `profile_groups` as the first migration creates it, without a row id or with one.
-fn groups(without_rowid: bool) -> TableCreateStatement {
-    let mut table = Table::create();
-    table
+/// `profile_groups` as the first migration creates it.
+fn groups() -> TableCreateStatement {
+    Table::create()
         .table(ProfileGroups::Table)
         .col(uuid(ProfileGroups::ProfileId))
         .col(string_len(ProfileGroups::Name, 255))
@@ -106,11 +106,8 @@ fn groups(without_rowid: bool) -> TableCreateStatement {
                 .from(ProfileGroups::Table, ProfileGroups::ProfileId)
                 .to(Profiles::Table, Profiles::Id)
                 .on_delete(ForeignKeyAction::Cascade),
-        );
-    if without_rowid {
-        table.extra("WITHOUT ROWID");
-    }
-    table
+        )
+        .to_owned()
 }
 
 /// Serves the `profiles(filter: {group})` lookup.
