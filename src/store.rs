@@ -1028,11 +1028,6 @@ impl Writes {
 
     /// Appends the history record of `profile`'s new version and, on PostgreSQL, its change
     /// notice; returns the notice.
-    ///
-    /// A record's id is a version 7 UUID, which sorts by the time it was made: each new id then
-    /// goes at the end of the table's primary-key index, on a page the last update wrote, not
-    /// on a random one. On SQLite a random id cost an update about 12% more CPU (a page read
-    /// into the cache and a page written to the log and to the file).
     fn record(
         &mut self,
         tenant: TenantId,
@@ -1042,7 +1037,7 @@ impl Writes {
         actor: &Actor,
     ) -> Result<Notice> {
         self.push(&profile_change::Entity::insert(profile_change::ActiveModel {
-            id: Set(Uuid::now_v7()),
+            id: Set(history_id()),
             tenant_id: Set(tenant.0),
             profile_id: Set(profile.id),
             version: Set(profile.version),
@@ -1231,6 +1226,14 @@ impl Drop for SqliteWrite {
 }
 
 /// The change notice of `profile`'s version.
+/// The id of a new history record: a version 7 UUID, which sorts by the time it was made, so
+/// each new record goes at the end of the table's primary-key index, on a page the last update
+/// wrote, not on a random one. On SQLite a random id cost an update about 12% more CPU (a page
+/// read into the cache and a page written to the log and to the file).
+fn history_id() -> Uuid {
+    Uuid::now_v7()
+}
+
 fn notice(tenant: TenantId, profile: &Profile) -> Notice {
     Notice {
         tenant: tenant.0,
@@ -1845,7 +1848,7 @@ async fn write_postgres(
     }
     let notice = notice(tenant, after);
     values.extend([
-        Uuid::new_v4().into(),
+        history_id().into(),
         tenant.0.into(),
         after.version.into(),
         operation.into(),

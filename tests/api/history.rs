@@ -81,4 +81,24 @@ on_both_databases! {
         let dump = format!("{all:?}");
         assert!(!dump.contains("ana@example.com") && !dump.contains("London"), "personal data left: {dump}");
     }
+
+    async fn history_records_take_ids_that_sort_in_the_order_the_changes_were_made(app) {
+        // Ids that sort by time put each new record at the end of the history's primary-key
+        // index; random ones would come back in order once in 11! tries.
+        let id = app.create(json!({})).await["id"].as_str().unwrap().to_owned();
+        for n in 0..10 {
+            app.update(&id, json!({"scrip": {"attributes": {"n": n}, "tags": [format!("t{n}")]}})).await;
+        }
+        let db = profile_gateway::db::connect(&app.database_url).await.unwrap();
+        let rows = db
+            .query_all_raw(Statement::from_string(
+                db.get_database_backend(),
+                "SELECT id FROM profile_changes ORDER BY version",
+            ))
+            .await
+            .unwrap();
+        let ids: Vec<uuid::Uuid> = rows.iter().map(|row| row.try_get("", "id").unwrap()).collect();
+        assert_eq!(ids.len(), 11);
+        assert!(ids.is_sorted(), "{ids:?}");
+    }
 }
