@@ -34,9 +34,10 @@
 //! tags of another version; a page of profiles with its total count shares one read-only
 //! snapshot (REPEATABLE READ on PostgreSQL, a deferred transaction under WAL on SQLite).
 //!
-//! Every applied change appends its history record in the same transaction and announces the
-//! new version on the change feed ([`crate::feed`]): by a `NOTIFY` inside the transaction on
-//! PostgreSQL, after the commit on SQLite. A change that rolls back leaves neither.
+//! Every applied change appends its history record in the same transaction and, once that has
+//! committed, announces the new version on the change feed ([`crate::feed`]; on PostgreSQL by a
+//! `NOTIFY` of its own, sent after the commit, see there why). A change that rolls back leaves
+//! neither.
 
 use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
@@ -65,7 +66,7 @@ use crate::entity::{
     custom_field_definition, custom_field_value, profile, profile_change, profile_group, profile_tag, tenant,
 };
 use crate::error::{Code, Error, Fault, Result, duplicate_external_id, external_id_conflict};
-use crate::feed::{self, Feed, Notice};
+use crate::feed::{Feed, Notice};
 
 mod direct;
 mod held;
@@ -299,11 +300,11 @@ impl Store {
             .then(|| Held::new(db.get_postgres_connection_pool().clone(), HELD_CONNECTIONS));
         let sqlite = (db.get_database_backend() == DbBackend::Sqlite).then(|| db.get_sqlite_connection_pool().clone());
         Store {
+            feed: Feed::new(&db),
             db,
             postgres,
             sqlite,
             direct: Arc::default(),
-            feed: Feed::default(),
             contended: moka::sync::Cache::builder()
                 .max_capacity(MAX_CONTENDED)
                 .time_to_idle(CONTENDED_FOR)
@@ -331,14 +332,6 @@ impl Store {
         if self.postgres.is_some() {
             self.feed.relay_from(&self.db);
             tokio::spawn(self.written.clone().follow(self.feed.subscribe()));
-        }
-    }
-
-    /// Tells local subscribers about a committed change. On PostgreSQL the transaction's
-    /// NOTIFY already reaches every replica, this one included.
-    fn announce(&self, notice: Notice) {
-        if self.db.get_database_backend() != DbBackend::Postgres {
-            self.feed.publish(notice);
         }
     }
 
@@ -529,7 +522,7 @@ impl Store {
         let notice = writes.record(tenant, &profile, "createProfile", &changes, actor)?;
         writes.run(&tx).await.map_err(|err| on_external_id(err, change))?;
         tx.commit().await?;
-        self.announce(notice);
+        self.feed.announce(notice).await;
         Ok(ProfileView {
             profile,
             custom_fields,
@@ -611,7 +604,7 @@ impl Store {
             None => update_through_sqlx(pool, &call).await?,
         };
         if let Some(notice) = notice {
-            self.announce(notice);
+            self.feed.announce(notice).await;
         }
         Ok(updated)
     }
@@ -653,7 +646,8 @@ impl Store {
                 && let Ok(Plan::Write(write)) = plan(before, change, update)
             {
                 if write_postgres(&mut conn, tenant, &write, update.operation, actor, change).await? {
-                    self.remember(turn.as_deref_mut(), tenant, key, &write.updated.profile);
+                    self.stored(turn.as_deref_mut(), tenant, key, &write.updated.profile)
+                        .await;
                     return Ok(write.updated);
                 }
                 if let Some(hot) = turn.as_deref_mut() {
@@ -668,7 +662,8 @@ impl Store {
                 Plan::Unchanged(updated) => return Ok(updated),
                 Plan::Write(write) => {
                     if write_postgres(&mut conn, tenant, &write, update.operation, actor, change).await? {
-                        self.remember(turn.as_deref_mut(), tenant, key, &write.updated.profile);
+                        self.stored(turn.as_deref_mut(), tenant, key, &write.updated.profile)
+                            .await;
                         return Ok(write.updated);
                     }
                     self.contended.get_with(slot, HotTurn::default);
@@ -691,7 +686,8 @@ impl Store {
                 return Err(internal("a profile changed while locked"));
             }
             tx.commit().await.map_err(query_err)?;
-            self.remember(turn.as_deref_mut(), tenant, key, &write.updated.profile);
+            self.stored(turn.as_deref_mut(), tenant, key, &write.updated.profile)
+                .await;
             Ok(write.updated)
         }
         .await;
@@ -702,10 +698,11 @@ impl Store {
         updated
     }
 
-    /// Keeps `written`, as an update just stored it, for the next update of the profile to
-    /// start from; and in `hot`, its turn, which profile `key` named, unless a snapshot of it
-    /// turned out stale lately.
-    fn remember(&self, hot: Option<&mut HotProfile>, tenant: TenantId, key: &ProfileKey, written: &ProfileView) {
+    /// After an update stored `written`: announces its new version ([`Feed::announce`]), and
+    /// keeps it for the next update of the profile to start from; and in `hot`, its turn, which
+    /// profile `key` named, unless a snapshot of it turned out stale lately.
+    async fn stored(&self, hot: Option<&mut HotProfile>, tenant: TenantId, key: &ProfileKey, written: &ProfileView) {
+        self.feed.announce(notice(tenant, &written.profile)).await;
         if let Some(hot) = hot {
             if hot.stale_at.is_some_and(|at| at.elapsed() < CONTENDED_FOR) {
                 return;
@@ -774,7 +771,7 @@ impl Store {
         let notice = writes.record(tenant, &profile, "setProfileStatus", &[change], actor)?;
         writes.run(&tx).await?;
         tx.commit().await?;
-        self.announce(notice);
+        self.feed.announce(notice).await;
         Ok(ProfileView {
             profile,
             custom_fields,
@@ -799,7 +796,7 @@ impl Store {
         let notice = writes.record(tenant, &tombstone, "deleteProfile", &[], actor)?;
         writes.run(&tx).await?;
         tx.commit().await?;
-        self.announce(notice);
+        self.feed.announce(notice).await;
         Ok(row.id)
     }
 
@@ -1026,8 +1023,8 @@ impl Writes {
         Ok(())
     }
 
-    /// Appends the history record of `profile`'s new version and, on PostgreSQL, its change
-    /// notice; returns the notice.
+    /// Appends the history record of `profile`'s new version; returns the notice to announce
+    /// once it is committed.
     fn record(
         &mut self,
         tenant: TenantId,
@@ -1047,17 +1044,7 @@ impl Writes {
             request_id: Set(actor.request_id.clone()),
             at: Set(profile.updated_at),
         }));
-        let notice = notice(tenant, profile);
-        if self.backend == DbBackend::Postgres {
-            // Delivered to every replica's listener when (and only if) the transaction commits.
-            let payload = serde_json::to_string(&notice).map_err(internal)?;
-            self.statements.push(Statement::from_sql_and_values(
-                DbBackend::Postgres,
-                "SELECT pg_notify($1, $2)",
-                [feed::CHANNEL.into(), payload.into()],
-            ));
-        }
-        Ok(notice)
+        Ok(notice(tenant, profile))
     }
 
     async fn run(self, tx: &DatabaseTransaction) -> Result<(), DbErr> {
@@ -1747,8 +1734,8 @@ impl Children {
 }
 
 /// The statement that stores an update on PostgreSQL: the profile row (only if it is still at
-/// the version the update read), the child rows it changes, its history record and its change
-/// notice, all in one round trip. Every part hangs on the profile's UPDATE, so when that
+/// the version the update read), the child rows it changes and its history record, all in one
+/// round trip. Every part hangs on the profile's UPDATE, so when that
 /// matches no row nothing else happens. The deleted and the written keys of each child table
 /// are disjoint, so the parts never touch one row twice. The child tables an update leaves
 /// alone are not in its statement at all: each part, even with nothing to do, costs
@@ -1794,9 +1781,7 @@ fn postgres_write_text(children: Children) -> String {
     }
     let [id, tenant, version, operation, changes, api_key_id, request_id, at] = [(); 8].map(|()| p());
     parts.push(format!("history AS (INSERT INTO profile_changes (id, tenant_id, profile_id, version, operation, changes, api_key_id, request_id, at) SELECT {id}, {tenant}, p.id, {version}, {operation}, {changes}, {api_key_id}, {request_id}, {at} FROM p)"));
-    let (channel, payload) = (p(), p());
-    parts.push(format!("notice AS (SELECT pg_notify({channel}, {payload}) FROM p)"));
-    format!("{}\nSELECT count(*) AS applied FROM notice", parts.join(",\n"))
+    format!("{}\nSELECT count(*) AS applied FROM p", parts.join(",\n"))
 }
 
 /// Stores `write` with [`postgres_write`]'s statement; `false` when the profile is no longer
@@ -1846,7 +1831,6 @@ async fn write_postgres(
                 .collect::<Vec<_>>(),
         )?);
     }
-    let notice = notice(tenant, after);
     values.extend([
         history_id().into(),
         tenant.0.into(),
@@ -1856,8 +1840,6 @@ async fn write_postgres(
         actor.api_key_id.into(),
         actor.request_id.clone().into(),
         after.updated_at.into(),
-        feed::CHANNEL.into(),
-        serde_json::to_string(&notice).map_err(internal)?.into(),
     ]);
     let statement = Statement::from_sql_and_values(DbBackend::Postgres, postgres_write(children), values);
     let applied = query_one_postgres(conn, statement)
@@ -2116,17 +2098,18 @@ mod tests {
             assert_eq!(sql.contains("profile_tags"), children.tags, "{children:?}");
             assert_eq!(sql.contains("profile_groups"), children.groups, "{children:?}");
             assert_eq!(sql.contains("custom_field_values"), children.custom, "{children:?}");
+            // The notice goes after the commit (see `crate::feed`).
             assert!(
-                sql.contains("profile_changes") && sql.contains("pg_notify"),
+                sql.contains("profile_changes") && !sql.contains("pg_notify"),
                 "{children:?}"
             );
-            // id and version, the columns, two per child table, the history record's eight and
-            // the notice's two, as `write_postgres` binds them.
+            // id and version, the columns, two per child table and the history record's eight,
+            // as `write_postgres` binds them.
             let touched = [children.tags, children.groups, children.custom]
                 .into_iter()
                 .filter(|&t| t)
                 .count();
-            let expected = 2 + WRITTEN_COLUMNS.len() + 2 * touched + 8 + 2;
+            let expected = 2 + WRITTEN_COLUMNS.len() + 2 * touched + 8;
             let numbers: std::collections::BTreeSet<usize> = sql
                 .split('$')
                 .skip(1)

@@ -1,7 +1,9 @@
 -- The write set of a `scrip` update (merge attributes, replace tags, bump the version) as one
--- PostgreSQL function over profile-gateway's own tables, with the history record and change
--- notice profile-gateway writes too. PostGraphile exposes it as its `scripUpdate` mutation; the
--- raw baseline and the HTTP floor call it directly. Run by the benchmark after the migrations.
+-- PostgreSQL function over profile-gateway's own tables, with the history record profile-gateway
+-- writes too, and a change notice sent in the transaction, the way a function or trigger feeds
+-- PostGraphile's subscriptions (profile-gateway sends its notices after the commit, several in
+-- one statement). PostGraphile exposes it as its `scripUpdate` mutation; the raw baseline and
+-- the HTTP floor call it directly. Run by the benchmark after the migrations.
 -- Bare names are columns; the parameters are always qualified (scrip_update.tags).
 CREATE OR REPLACE FUNCTION scrip_update(profile_id uuid, attributes jsonb, tags text[])
 RETURNS profiles
