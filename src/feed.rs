@@ -14,14 +14,16 @@
 //! is on disk (it keeps notices in commit order): every writer that notifies then commits one
 //! after the other, each waiting for its own `fsync`, where commits otherwise share them. The
 //! notifier's statement commits without waiting for the disk (`synchronous_commit = off`):
-//! the changes it announces are already durable, and a notice lost in a crash of PostgreSQL
-//! would have been of no use to listeners that lost their connection with it.
+//! the changes it announces are already durable, and PostgreSQL keeps no notice across a
+//! restart in any case.
 //!
-//! What that costs: a notice leaves after its change commits, so a replica that stops in
-//! between (or whose notifier cannot reach PostgreSQL until it stops) leaves that change
-//! unannounced. Subscribers then miss the event, as they do one sent while their replica's
-//! listener is reconnecting; replicas that kept the profile find it stale on their next update
-//! of it, which applies only at the version they kept (see `store::written`).
+//! What that costs: a notice leaves up to [`GATHER`] after its change commits, so a replica
+//! that stops in between (or whose notifier cannot reach PostgreSQL until it stops) leaves that
+//! change unannounced. Subscribers then miss the event, as they do one sent while their
+//! replica's listener is reconnecting; replicas that kept the profile find it stale on their
+//! next update of it, which applies only at the version they kept (see `store::written`). A
+//! statement that timed out may have been delivered, and is sent again: a notice may then come
+//! twice.
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -45,6 +47,9 @@ const BATCH: usize = 256;
 /// How long the notifier waits, once a notice has come, for more to send with it: each
 /// statement is a transaction, which costs PostgreSQL more than the notices in it.
 const GATHER: Duration = Duration::from_millis(5);
+/// How long the notifier gives a statement (with its connection, if it needs a new one) before
+/// it tries again on a new connection.
+const SEND_WITHIN: Duration = Duration::from_secs(5);
 /// How long the notifier waits before it tries again to reach PostgreSQL.
 const RECONNECT_AFTER: Duration = Duration::from_secs(1);
 
@@ -138,8 +143,8 @@ async fn relay(pool: &sea_orm::sqlx::PgPool, feed: &Feed) -> Result<(), sea_orm:
 }
 
 /// Sends this replica's notices on PostgreSQL, in the order they come, on a connection of its
-/// own: each statement those that came while it sent the last, or within [`GATHER`] of the
-/// first (up to [`BATCH`]). Starts with the first notice.
+/// own: each statement carries those that came within [`GATHER`] of the first of them or while
+/// the statement before was on its way (up to [`BATCH`]). Starts with the first notice.
 #[derive(Debug, Clone)]
 struct Notifier {
     options: Arc<PgConnectOptions>,
@@ -179,18 +184,19 @@ async fn notify(options: PgConnectOptions, mut unsent: mpsc::Receiver<Notice>) {
             })
             .collect();
         loop {
-            match send(&mut conn, &options, &payloads).await {
-                Ok(()) => break,
-                Err(err @ sqlx::Error::Database(_)) => {
+            match tokio::time::timeout(SEND_WITHIN, send(&mut conn, &options, &payloads)).await {
+                Ok(Ok(())) => break,
+                Ok(Err(err @ sqlx::Error::Database(_))) => {
                     tracing::error!(%err, unannounced = payloads.len(), "PostgreSQL refused change notices");
                     break;
                 }
-                Err(err) => {
-                    tracing::warn!(%err, "could not send change notices; trying again shortly");
-                    conn = None;
-                    tokio::time::sleep(RECONNECT_AFTER).await;
+                Ok(Err(err)) => tracing::warn!(%err, "could not send change notices; trying again shortly"),
+                Err(_) => {
+                    tracing::warn!(within = ?SEND_WITHIN, "change notices not sent in time; trying again shortly")
                 }
             }
+            conn = None;
+            tokio::time::sleep(RECONNECT_AFTER).await;
         }
     }
 }
