@@ -1212,7 +1212,6 @@ impl Drop for SqliteWrite {
     }
 }
 
-/// The change notice of `profile`'s version.
 /// The id of a new history record: a version 7 UUID, which sorts by the time it was made, so
 /// each new record goes at the end of the table's primary-key index, on a page the last update
 /// wrote, not on a random one. On SQLite a random id cost an update about 12% more CPU (a page
@@ -1221,6 +1220,7 @@ fn history_id() -> Uuid {
     Uuid::now_v7()
 }
 
+/// The change notice of `profile`'s version.
 fn notice(tenant: TenantId, profile: &Profile) -> Notice {
     Notice {
         tenant: tenant.0,
@@ -1735,11 +1735,12 @@ impl Children {
 
 /// The statement that stores an update on PostgreSQL: the profile row (only if it is still at
 /// the version the update read), the child rows it changes and its history record, all in one
-/// round trip. Every part hangs on the profile's UPDATE, so when that
-/// matches no row nothing else happens. The deleted and the written keys of each child table
-/// are disjoint, so the parts never touch one row twice. The child tables an update leaves
-/// alone are not in its statement at all: each part, even with nothing to do, costs
-/// PostgreSQL the setting up of its plan on every execution. Each text is built once.
+/// round trip (its change notice follows the commit, see [`crate::feed`]). Every part hangs on
+/// the profile's UPDATE, so when that matches no row nothing else happens. The deleted and the
+/// written keys of each child table are disjoint, so the parts never touch one row twice. The
+/// child tables an update leaves alone are not in its statement at all: each part, even with
+/// nothing to do, costs PostgreSQL the setting up of its plan on every execution. Each text is
+/// built once.
 fn postgres_write(children: Children) -> &'static str {
     static TEXTS: LazyLock<Vec<String>> = LazyLock::new(|| {
         (0..Children::COMBINATIONS)
