@@ -28,7 +28,7 @@
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use sea_orm::sqlx::postgres::{PgConnectOptions, PgListener};
+use sea_orm::sqlx::postgres::{PgConnectOptions, PgListener, PgPool};
 use sea_orm::sqlx::{self, Connection, PgConnection};
 use sea_orm::{DatabaseConnection, DbBackend};
 use serde::{Deserialize, Serialize};
@@ -65,7 +65,8 @@ pub struct Notice {
 #[derive(Debug, Clone)]
 pub struct Feed {
     sender: broadcast::Sender<Notice>,
-    /// On PostgreSQL, what sends this replica's notices to every replica.
+    /// On PostgreSQL, what sends this replica's notices to every replica, with the pool the
+    /// listener connects through.
     notifier: Option<Notifier>,
 }
 
@@ -84,7 +85,7 @@ impl Feed {
     /// `NOTIFY` on PostgreSQL.
     pub fn new(db: &DatabaseConnection) -> Self {
         let notifier = (db.get_database_backend() == DbBackend::Postgres).then(|| Notifier {
-            options: db.get_postgres_connection_pool().connect_options(),
+            pool: db.get_postgres_connection_pool().clone(),
             queue: Arc::default(),
         });
         Feed {
@@ -112,16 +113,17 @@ impl Feed {
     }
 
     /// On PostgreSQL, relays every replica's notices to this replica's subscribers, for as long
-    /// as the process runs, listening again whenever the connection is lost.
-    pub fn relay_from(&self, db: &DatabaseConnection) {
-        if db.get_database_backend() != DbBackend::Postgres {
+    /// as the process runs, listening again whenever the connection is lost. On SQLite it does
+    /// nothing.
+    pub fn relay(&self) {
+        let Some(notifier) = &self.notifier else {
             return;
-        }
-        let pool = db.get_postgres_connection_pool().clone();
+        };
+        let pool = notifier.pool.clone();
         let feed = self.clone();
         tokio::spawn(async move {
             loop {
-                if let Err(err) = relay(&pool, &feed).await {
+                if let Err(err) = listen_and_relay(&pool, &feed).await {
                     tracing::warn!(%err, "lost the change feed's connection; listening again shortly");
                 }
                 tokio::time::sleep(Duration::from_secs(1)).await;
@@ -130,7 +132,7 @@ impl Feed {
     }
 }
 
-async fn relay(pool: &sea_orm::sqlx::PgPool, feed: &Feed) -> Result<(), sea_orm::sqlx::Error> {
+async fn listen_and_relay(pool: &PgPool, feed: &Feed) -> Result<(), sea_orm::sqlx::Error> {
     let mut listener = PgListener::connect_with(pool).await?;
     listener.listen(CHANNEL).await?;
     loop {
@@ -147,7 +149,7 @@ async fn relay(pool: &sea_orm::sqlx::PgPool, feed: &Feed) -> Result<(), sea_orm:
 /// the statement before was on its way (up to [`BATCH`]). Starts with the first notice.
 #[derive(Debug, Clone)]
 struct Notifier {
-    options: Arc<PgConnectOptions>,
+    pool: PgPool,
     queue: Arc<OnceLock<mpsc::Sender<Notice>>>,
 }
 
@@ -155,7 +157,9 @@ impl Notifier {
     async fn send(&self, notice: Notice) {
         let queue = self.queue.get_or_init(|| {
             let (queue, unsent) = mpsc::channel(UNSENT);
-            let options = (*self.options).clone().options([("synchronous_commit", "off")]);
+            let options = (*self.pool.connect_options())
+                .clone()
+                .options([("synchronous_commit", "off")]);
             tokio::spawn(notify(options, unsent));
             queue
         });
@@ -244,7 +248,7 @@ mod tests {
         let db = crate::db::connect(&url).await.unwrap();
         let feed = Feed::new(&db);
         let mut heard = feed.subscribe();
-        feed.relay_from(&db);
+        feed.relay();
         // Notices sent before the listener listens are not heard: probe until one is.
         let tenant = Uuid::new_v4();
         let notice = |version| Notice {

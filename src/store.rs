@@ -330,7 +330,7 @@ impl Store {
     /// Call it once, in a Tokio runtime; on SQLite it does nothing.
     pub fn listen(&self) {
         if self.postgres.is_some() {
-            self.feed.relay_from(&self.db);
+            self.feed.relay();
             tokio::spawn(self.written.clone().follow(self.feed.subscribe()));
         }
     }
