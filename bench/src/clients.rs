@@ -103,21 +103,30 @@ impl Client for Gateway {
 }
 
 /// PostGraphile over HTTP, with the schema it derives from profile-gateway's tables and the
-/// `scrip_update` function.
+/// functions of `sql/reference.sql`.
 pub struct PostGraphile {
     http: reqwest::Client,
     url: String,
     tenant: Uuid,
     list_len: usize,
+    /// The update's document: the `scripUpdate` mutation, which sends a change notice, or
+    /// `scripWrite`, which does not.
+    update: &'static str,
 }
 
 impl PostGraphile {
-    pub fn client(address: &str, tenant: Uuid, list_len: usize) -> Arc<dyn Client> {
+    /// A client whose updates send a change notice in their transaction when `notice`.
+    pub fn client(address: &str, tenant: Uuid, list_len: usize, notice: bool) -> Arc<dyn Client> {
         Arc::new(PostGraphile {
             http: http_client(),
             url: format!("{address}/graphql"),
             tenant,
             list_len,
+            update: if notice {
+                "mutation($id: UUID!, $a: JSON!, $t: [String]!) { scrip: scripUpdate(input: {profileId: $id, attributes: $a, tags: $t}) { result { rowId version } } }"
+            } else {
+                "mutation($id: UUID!, $a: JSON!, $t: [String]!) { scrip: scripWrite(input: {profileId: $id, attributes: $a, tags: $t}) { result { rowId version } } }"
+            },
         })
     }
 }
@@ -139,12 +148,12 @@ impl Client for PostGraphile {
                 Op::Update { id, n } => {
                     let (attributes, tags) = scrip_patch(*n);
                     let body = json!({
-                        "query": "mutation($id: UUID!, $a: JSON!, $t: [String]!) { scripUpdate(input: {profileId: $id, attributes: $a, tags: $t}) { result { rowId version } } }",
+                        "query": self.update,
                         "variables": {"id": id.as_ref(), "a": attributes, "t": tags},
                     });
                     post(body)
                         .await
-                        .is_some_and(|data| has_id(&data["scripUpdate"]["result"]["rowId"], id))
+                        .is_some_and(|data| has_id(&data["scrip"]["result"]["rowId"], id))
                 }
                 Op::List => {
                     let body = json!({

@@ -2,7 +2,8 @@
 //! API keys; what any HTTP service running the same statements costs at the least.
 //!
 //! - `GET /profiles/{id}`: W1's read.
-//! - `POST /profiles/{id}/scrip` with `{"attributes": {…}, "tags": […]}`: W2's update.
+//! - `POST /profiles/{id}/scrip` with `{"attributes": {…}, "tags": […]}`: W2's update, which
+//!   sends no change notice.
 //! - `GET /tenants/{tenant}/profiles`: W4's list.
 
 use axum::extract::{Path, State};

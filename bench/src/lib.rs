@@ -1,5 +1,6 @@
 //! profile-gateway's benchmark: profile-gateway on PostgreSQL and on SQLite against
-//! PostGraphile v5, a raw SQL baseline and a plain-axum HTTP floor.
+//! PostGraphile v5 (its write with and without a change notice in the transaction), a raw SQL
+//! baseline and a plain-axum HTTP floor.
 //!
 //! Layout:
 //!
@@ -53,8 +54,11 @@ pub enum Kind {
     GatewayPostgres,
     /// profile-gateway on SQLite.
     GatewaySqlite,
-    /// PostGraphile v5 (Node) over the same tables, its write a PostgreSQL function.
+    /// PostGraphile v5 (Node) over the same tables, its write a PostgreSQL function that sends
+    /// a change notice in its transaction.
     Postgraphile,
+    /// PostGraphile v5 as above, its write the same function without the change notice.
+    PostgraphileQuiet,
     /// Plain axum routes running the reference SQL.
     Floor,
     /// The reference SQL from this process: no HTTP, no GraphQL.
@@ -62,10 +66,11 @@ pub enum Kind {
 }
 
 impl Kind {
-    pub const ALL: [Kind; 5] = [
+    pub const ALL: [Kind; 6] = [
         Kind::GatewayPostgres,
         Kind::GatewaySqlite,
         Kind::Postgraphile,
+        Kind::PostgraphileQuiet,
         Kind::Floor,
         Kind::Raw,
     ];
@@ -75,6 +80,7 @@ impl Kind {
             Kind::GatewayPostgres => "profile-gateway (PostgreSQL)",
             Kind::GatewaySqlite => "profile-gateway (SQLite)",
             Kind::Postgraphile => "PostGraphile v5",
+            Kind::PostgraphileQuiet => "PostGraphile v5 (no notice)",
             Kind::Floor => "HTTP floor (axum + SQL)",
             Kind::Raw => "raw SQL (no HTTP)",
         }
@@ -339,7 +345,7 @@ async fn start(kind: Kind, seeded: &Seeded, options: &Options) -> Result<Contend
             };
             (clients::Gateway::client(&address, &seeded.api_key, list_len), process)
         }
-        Kind::Postgraphile => {
+        Kind::Postgraphile | Kind::PostgraphileQuiet => {
             let dir = &options.postgraphile_dir;
             let node = dir.join("node_modules/.bin/node");
             if !node.exists() {
@@ -359,8 +365,9 @@ async fn start(kind: Kind, seeded: &Seeded, options: &Options) -> Result<Contend
                 .env("DATABASE_URL", &seeded.url)
                 .env("PORT", "0");
             let (address, child) = spawn(command, false, listening_on).await?;
+            let notice = kind == Kind::Postgraphile;
             (
-                clients::PostGraphile::client(&address, seeded.tenant, list_len),
+                clients::PostGraphile::client(&address, seeded.tenant, list_len, notice),
                 Some(child),
             )
         }
@@ -974,7 +981,9 @@ impl Report {
         let _ = writeln!(md, "- date: {}", chrono::Utc::now().format("%Y-%m-%d %H:%M UTC"));
         let _ = writeln!(md, "- machine: {}", Self::machine());
         let mut versions = vec![format!("profile-gateway {}", env!("CARGO_PKG_VERSION"))];
-        if o.contenders.contains(&Kind::Postgraphile)
+        if o.contenders
+            .iter()
+            .any(|kind| matches!(kind, Kind::Postgraphile | Kind::PostgraphileQuiet))
             && let Some(postgraphile) = self.postgraphile_version()
         {
             versions.push(postgraphile);
@@ -1046,17 +1055,18 @@ impl Report {
             );
             let _ = writeln!(
                 md,
-                "| contender | workload | load | ÷ PostGraphile | ÷ raw SQL | ÷ HTTP floor |"
+                "| contender | workload | load | ÷ PostGraphile | ÷ PostGraphile (no notice) | ÷ raw SQL | ÷ HTTP floor |"
             );
-            let _ = writeln!(md, "|---|---|---|---:|---:|---:|");
+            let _ = writeln!(md, "|---|---|---|---:|---:|---:|---:|");
             for s in gateways {
                 let _ = writeln!(
                     md,
-                    "| {} | {} | {} | {} | {} | {} |",
+                    "| {} | {} | {} | {} | {} | {} | {} |",
                     s.contender.name(),
                     s.workload,
                     s.mode,
                     ratio_to(s, Kind::Postgraphile),
+                    ratio_to(s, Kind::PostgraphileQuiet),
                     ratio_to(s, Kind::Raw),
                     ratio_to(s, Kind::Floor)
                 );

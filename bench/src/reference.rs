@@ -1,13 +1,14 @@
 //! The SQL of the contenders that are not profile-gateway: the raw baseline runs it directly,
 //! the HTTP floor behind a plain axum route, PostGraphile (its write) as a mutation. Each
-//! workload is one statement, over profile-gateway's own tables; the write is the
-//! `scrip_update` function of `sql/reference.sql`.
+//! workload is one statement, over profile-gateway's own tables; the write is a function of
+//! `sql/reference.sql`: `scrip_write` here, `scrip_update` (the same and a change notice) in
+//! PostGraphile.
 
 use sea_orm::sqlx::{self, PgPool};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-/// Creates (or replaces) the `scrip_update` function.
+/// Creates (or replaces) the `scrip_write` and `scrip_update` functions.
 pub const FUNCTION: &str = include_str!("../sql/reference.sql");
 
 /// A profile's tags as a JSON array of `{key, value}`, ordered by key.
@@ -29,8 +30,8 @@ pub const READ: &str = concat!(
     " AS tags FROM profiles AS p WHERE p.id = $1"
 );
 
-/// W2 and W3: a scrip update.
-pub const UPDATE: &str = "SELECT id, version FROM scrip_update($1, $2, $3)";
+/// W2 and W3: a scrip update, with no change notice.
+pub const UPDATE: &str = "SELECT id, version FROM scrip_write($1, $2, $3)";
 
 /// W4: a tenant's first 50 profiles by serial number, with their tags.
 pub const LIST: &str = concat!(
@@ -74,4 +75,91 @@ pub async fn list(pool: &PgPool, tenant: Uuid) -> sqlx::Result<Value> {
             .map(|(id, tags)| json!({"id": id, "tags": tags}))
             .collect(),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use sea_orm::sqlx::postgres::PgListener;
+
+    use super::*;
+    use crate::{Database, pool, seed};
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_floors_write_does_a_scrip_update_without_a_notice_and_postgraphiles_sends_one() {
+        let Ok(url) = std::env::var("TEST_POSTGRES_URL") else {
+            eprintln!("TEST_POSTGRES_URL is not set: not running this test");
+            return;
+        };
+        let database = Database::create(&url).await.unwrap();
+        let seeded = seed(&database.url, 1).await.unwrap();
+        let id: Uuid = seeded.ids[0].parse().unwrap();
+        let pool = pool(&database.url).await.unwrap();
+        let mut listener = PgListener::connect_with(&pool).await.unwrap();
+        listener.listen("profile_changes").await.unwrap();
+
+        // Seeded with plan, region, visits, score and segment, and tags tag0..tag2.
+        let attributes = json!({"plan": null, "a": 1});
+        let tags = ["vip", "t1", "vip"].map(str::to_owned);
+        assert_eq!(
+            update(&pool, id, &attributes, &tags).await.unwrap(),
+            json!({"id": id, "version": 2})
+        );
+        let (stored, version): (Value, i32) = sqlx::query_as("SELECT attributes, version FROM profiles WHERE id = $1")
+            .bind(id)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        assert_eq!(version, 2);
+        assert_eq!(
+            stored,
+            json!({"region": "eu", "visits": 0, "score": 0, "segment": 0, "a": 1})
+        );
+        let stored_tags: Vec<(String, Option<String>)> =
+            sqlx::query_as("SELECT key, value FROM profile_tags WHERE profile_id = $1 ORDER BY key")
+                .bind(id)
+                .fetch_all(&pool)
+                .await
+                .unwrap();
+        assert_eq!(stored_tags, [("t1".to_owned(), None), ("vip".to_owned(), None)]);
+        let history: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM profile_changes WHERE profile_id = $1 AND version = 2")
+                .bind(id)
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        assert_eq!(history, 1);
+
+        // PostGraphile's mutation does the same and notifies; a marker sent after it is heard
+        // second, so nothing came from the floor's write before it.
+        let (version,): (i32,) = sqlx::query_as("SELECT version FROM scrip_update($1, $2, $3)")
+            .bind(id)
+            .bind(&attributes)
+            .bind(&tags[..])
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        assert_eq!(version, 3);
+        sqlx::query("SELECT pg_notify('profile_changes', 'marker')")
+            .execute(&pool)
+            .await
+            .unwrap();
+        let mut heard = Vec::new();
+        for _ in 0..2 {
+            let notice = tokio::time::timeout(Duration::from_secs(10), listener.recv())
+                .await
+                .expect("a notice within 10 s")
+                .unwrap();
+            heard.push(notice.payload().to_owned());
+        }
+        let notice: Value = serde_json::from_str(&heard[0]).unwrap();
+        assert_eq!(notice["profile_id"], json!(id));
+        assert_eq!(notice["version"], json!(3));
+        assert_eq!(heard[1], "marker");
+
+        drop(listener);
+        pool.close().await;
+        database.drop().await;
+    }
 }
