@@ -110,8 +110,8 @@ pub struct PostGraphile {
     tenant: Uuid,
     list_len: usize,
     /// The update's document: the `scripUpdate` mutation, which sends a change notice, or
-    /// `scripWrite`, which does not.
-    update: &'static str,
+    /// `scripWrite`, which does not, its field aliased `scrip`.
+    update: String,
 }
 
 impl PostGraphile {
@@ -122,11 +122,10 @@ impl PostGraphile {
             url: format!("{address}/graphql"),
             tenant,
             list_len,
-            update: if notice {
-                "mutation($id: UUID!, $a: JSON!, $t: [String]!) { scrip: scripUpdate(input: {profileId: $id, attributes: $a, tags: $t}) { result { rowId version } } }"
-            } else {
-                "mutation($id: UUID!, $a: JSON!, $t: [String]!) { scrip: scripWrite(input: {profileId: $id, attributes: $a, tags: $t}) { result { rowId version } } }"
-            },
+            update: format!(
+                "mutation($id: UUID!, $a: JSON!, $t: [String]!) {{ scrip: {}(input: {{profileId: $id, attributes: $a, tags: $t}}) {{ result {{ rowId version }} }} }}",
+                if notice { "scripUpdate" } else { "scripWrite" }
+            ),
         })
     }
 }
@@ -148,7 +147,7 @@ impl Client for PostGraphile {
                 Op::Update { id, n } => {
                     let (attributes, tags) = scrip_patch(*n);
                     let body = json!({
-                        "query": self.update,
+                        "query": &self.update,
                         "variables": {"id": id.as_ref(), "a": attributes, "t": tags},
                     });
                     post(body)
