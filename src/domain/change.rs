@@ -260,6 +260,9 @@ fn check_limits(profile: &Profile) -> Result<(), Fault> {
 }
 
 /// Every canonical field whose value differs between `before` and `after`, in canonical order.
+/// A field's name and JSON values are made only where its values differ (an update changes a
+/// few of a profile's many fields); equal values always give equal JSON, and values that
+/// differ but give the same JSON (an attribute set to null and one absent) are no change.
 pub fn diff(before: &Profile, after: &Profile) -> Vec<FieldChange> {
     let mut changes = Vec::new();
     let mut push = |field: String, old: Value, new: Value| {
@@ -272,21 +275,35 @@ pub fn diff(before: &Profile, after: &Profile) -> Vec<FieldChange> {
         }
     };
     for field in Field::ALL {
-        let json = |p: &Profile| p.fields.get(&field).map_or(Value::Null, Scalar::to_json);
-        push(field.name().to_owned(), json(before), json(after));
+        let (old, new) = (before.fields.get(&field), after.fields.get(&field));
+        if old != new {
+            let json = |value: Option<&Scalar>| value.map_or(Value::Null, Scalar::to_json);
+            push(field.name().to_owned(), json(old), json(new));
+        }
     }
     for key in union(before.attributes.keys(), after.attributes.keys()) {
-        let json = |p: &Profile| p.attributes.get(key).cloned().unwrap_or(Value::Null);
-        push(format!("attributes.{key}"), json(before), json(after));
+        let (old, new) = (before.attributes.get(key), after.attributes.get(key));
+        if old != new {
+            let json = |value: Option<&Value>| value.cloned().unwrap_or(Value::Null);
+            push(format!("attributes.{key}"), json(old), json(new));
+        }
     }
     for key in union(before.tags.keys(), after.tags.keys()) {
-        let json = |p: &Profile| p.tags.get(key).map_or(Value::Null, |value| json!({ "value": value }));
-        push(format!("tags.{key}"), json(before), json(after));
+        let (old, new) = (before.tags.get(key), after.tags.get(key));
+        if old != new {
+            let json = |value: Option<&Option<String>>| value.map_or(Value::Null, |value| json!({ "value": value }));
+            push(format!("tags.{key}"), json(old), json(new));
+        }
     }
-    push("groups".to_owned(), json!(before.groups), json!(after.groups));
+    if before.groups != after.groups {
+        push("groups".to_owned(), json!(before.groups), json!(after.groups));
+    }
     for name in union(before.custom.keys(), after.custom.keys()) {
-        let json = |p: &Profile| p.custom.get(name).map_or(Value::Null, |value| json!(value));
-        push(format!("customFields.{name}"), json(before), json(after));
+        let (old, new) = (before.custom.get(name), after.custom.get(name));
+        if old != new {
+            let json = |value: Option<&String>| value.map_or(Value::Null, |value| json!(value));
+            push(format!("customFields.{name}"), json(old), json(new));
+        }
     }
     changes
 }
@@ -386,6 +403,71 @@ mod tests {
                 ("tags.vip", json!({ "value": null }), json!({ "value": "gold" })),
                 ("groups", json!([]), json!(["a", "b"])),
             ]
+        );
+    }
+
+    #[test]
+    fn changes_are_the_fields_whose_json_differs_however_the_values_differ() {
+        // The reference: every field's JSON on both sides, compared.
+        fn every_field(before: &Profile, after: &Profile) -> Vec<FieldChange> {
+            let mut names: Vec<String> = Field::ALL.iter().map(|field| field.name().to_owned()).collect();
+            let keys = |prefix: &str, a: Vec<&String>, b: Vec<&String>| {
+                let keys: BTreeSet<_> = a.into_iter().chain(b).collect();
+                keys.into_iter().map(|key| format!("{prefix}.{key}")).collect::<Vec<_>>()
+            };
+            names.extend(keys("attributes", before.attributes.keys().collect(), after.attributes.keys().collect()));
+            names.extend(keys("tags", before.tags.keys().collect(), after.tags.keys().collect()));
+            names.push("groups".to_owned());
+            names.extend(keys("customFields", before.custom.keys().collect(), after.custom.keys().collect()));
+            let json = |p: &Profile, name: &str| match name.split_once('.') {
+                Some(("attributes", key)) => p.attributes.get(key).cloned().unwrap_or(Value::Null),
+                Some(("tags", key)) => p.tags.get(key).map_or(Value::Null, |value| json!({ "value": value })),
+                Some(("customFields", key)) => p.custom.get(key).map_or(Value::Null, |value| json!(value)),
+                _ if name == "groups" => json!(p.groups),
+                _ => Field::ALL
+                    .into_iter()
+                    .find(|field| field.name() == name)
+                    .and_then(|field| p.fields.get(&field))
+                    .map_or(Value::Null, Scalar::to_json),
+            };
+            names
+                .into_iter()
+                .filter_map(|name| {
+                    let (old, new) = (json(before, &name), json(after, &name));
+                    (old != new).then_some(FieldChange {
+                        field: name,
+                        before: old,
+                        after: new,
+                    })
+                })
+                .collect()
+        }
+        let before = profile();
+        let mut after = before.clone();
+        assert_eq!(diff(&before, &after), every_field(&before, &after));
+        after.fields.insert(Field::FirstName, Scalar::Text("Eva".into()));
+        after.fields.insert(Field::MarketingConsent, Scalar::Flag(false));
+        after.fields.insert(Field::Latitude, Scalar::Number(f64::NAN));
+        after.attributes.insert("plan".into(), Value::Null);
+        after.attributes.insert("null".into(), Value::Null);
+        after.attributes.insert("level".into(), json!({"a": [1, 2]}));
+        after.tags.insert("vip".into(), Some("gold".into()));
+        after.tags.insert("new".into(), None);
+        after.groups.insert("g".into());
+        after.custom.insert("Size".into(), "M".into());
+        let mut cleared = after.clone();
+        cleared.fields.clear();
+        cleared.attributes.clear();
+        cleared.tags.clear();
+        cleared.custom.clear();
+        for (a, b) in [(&before, &after), (&after, &before), (&after, &cleared), (&cleared, &before)] {
+            assert_eq!(diff(a, b), every_field(a, b));
+        }
+        // An attribute set to null reads as one that is absent: no change either way.
+        assert!(
+            !diff(&before, &after)
+                .iter()
+                .any(|change| change.field == "attributes.null")
         );
     }
 
