@@ -215,7 +215,8 @@ pub struct Update<'a> {
 /// The outcome of `updateProfile`.
 #[derive(Debug, Clone)]
 pub struct Updated {
-    pub profile: ProfileView,
+    /// Shared with what this replica keeps of the profile ([`Written`]) after a write.
+    pub profile: Arc<ProfileView>,
     pub changes: Vec<FieldChange>,
 }
 
@@ -657,7 +658,8 @@ impl Store {
             let before = load_postgres(&mut conn, tenant, key, false, parts)
                 .await?
                 .ok_or_else(|| Fault::not_found("profile"))?
-                .into_view(parts)?;
+                .into_view(parts)
+                .map(Arc::new)?;
             match plan(before, change, update)? {
                 Plan::Unchanged(updated) => return Ok(updated),
                 Plan::Write(write) => {
@@ -674,7 +676,8 @@ impl Store {
             let before = load_postgres(&mut tx, tenant, key, true, parts)
                 .await?
                 .ok_or_else(|| Fault::not_found("profile"))?
-                .into_view(parts)?;
+                .into_view(parts)
+                .map(Arc::new)?;
             let write = match plan(before, change, update)? {
                 Plan::Unchanged(updated) => {
                     tx.rollback().await.map_err(query_err)?;
@@ -701,7 +704,7 @@ impl Store {
     /// After an update stored `written`: announces its new version ([`Feed::announce`]), and
     /// keeps it for the next update of the profile to start from; and in `hot`, its turn, which
     /// profile `key` named, unless a snapshot of it turned out stale lately.
-    async fn stored(&self, hot: Option<&mut HotProfile>, tenant: TenantId, key: &ProfileKey, written: &ProfileView) {
+    async fn stored(&self, hot: Option<&mut HotProfile>, tenant: TenantId, key: &ProfileKey, written: &Arc<ProfileView>) {
         self.feed.announce(notice(tenant, &written.profile)).await;
         if let Some(hot) = hot {
             if hot.stale_at.is_some_and(|at| at.elapsed() < CONTENDED_FOR) {
@@ -1077,7 +1080,7 @@ type SqlitePlan = (Updated, Option<(Vec<Statement>, Notice)>);
 impl SqliteUpdate<'_> {
     /// Plans the update of the profile `loaded` (read in the update's transaction).
     fn plan(&self, loaded: Loaded) -> Result<SqlitePlan> {
-        match plan(loaded.into_view(self.parts)?, self.change, self.update)? {
+        match plan(Arc::new(loaded.into_view(self.parts)?), self.change, self.update)? {
             Plan::Unchanged(updated) => Ok((updated, None)),
             Plan::Write(write) => {
                 let statements = self.writes(&write)?;
@@ -1094,12 +1097,12 @@ impl SqliteUpdate<'_> {
             &profile::Entity::update_many()
                 .set(profile::ActiveModel::changed(
                     self.tenant,
-                    &write.before,
+                    &write.before.profile,
                     &profile.profile,
                 )?)
                 .filter(profile::Column::Id.eq(profile.profile.id)),
         );
-        writes.children(&write.before, &profile.profile, &profile.custom_fields)?;
+        writes.children(&write.before.profile, &profile.profile, &profile.custom_fields)?;
         let notice = writes.record(
             self.tenant,
             &profile.profile,
@@ -1653,46 +1656,46 @@ enum Plan {
 
 /// An update to store.
 struct Write {
-    before: Profile,
+    before: Arc<ProfileView>,
     updated: Updated,
 }
 
 /// Checks `update`'s conditions on the profile `before` (read with every part `change`
 /// touches) and applies `change` to it.
-fn plan(before: ProfileView, change: &ChangeSet, update: &Update<'_>) -> Result<Plan> {
+fn plan(before: Arc<ProfileView>, change: &ChangeSet, update: &Update<'_>) -> Result<Plan> {
     let ProfileView {
-        profile: before,
+        profile,
         custom_fields,
         parts,
-    } = before;
-    if before.status == ProfileStatus::Closed {
+    } = &*before;
+    if profile.status == ProfileStatus::Closed {
         return Err(Fault::new(Code::ProfileClosed, "This profile is CLOSED and accepts no updates.").into());
     }
     if let Some(expected) = update.expected_version
-        && expected != before.version
+        && expected != profile.version
     {
         return Err(Fault::new(
             Code::VersionConflict,
             format!(
                 "Expected version {expected}, but the profile is at version {}; reload it and try again.",
-                before.version
+                profile.version
             ),
         )
         .at("expectedVersion")
-        .with("currentVersion", before.version)
+        .with("currentVersion", profile.version)
         .into());
     }
-    let (mut after, changes) = change.apply(&before, &custom_fields)?;
+    let (mut after, changes) = change.apply(profile, custom_fields)?;
     if !changes.is_empty() {
         after.version += 1;
         after.updated_at = Utc::now();
     }
     let updated = Updated {
-        profile: ProfileView {
+        profile: Arc::new(ProfileView {
             profile: after,
-            custom_fields,
-            parts,
-        },
+            custom_fields: custom_fields.clone(),
+            parts: *parts,
+        }),
         changes,
     };
     Ok(match update.dry_run || updated.changes.is_empty() {
@@ -1795,7 +1798,7 @@ async fn write_postgres(
     actor: &Actor,
     change: &ChangeSet,
 ) -> Result<bool> {
-    let (before, after) = (&write.before, &write.updated.profile.profile);
+    let (before, after) = (&write.before.profile, &write.updated.profile.profile);
     let custom_fields = &write.updated.profile.custom_fields;
     let row = profile::ActiveModel::from_profile(tenant, after)?;
     let mut values: Vec<Value> = vec![after.id.into(), before.version.into()];

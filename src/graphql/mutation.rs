@@ -23,7 +23,7 @@ impl Mutation {
     ) -> Result<Profile> {
         let (store, tenant) = scope(ctx)?;
         let change = ChangeSet::try_from(input).extend()?;
-        Ok(Profile(store.create(tenant, &change, &actor(ctx)).await.extend()?))
+        Ok(Profile::from(store.create(tenant, &change, &actor(ctx)).await.extend()?))
     }
 
     /// Updates a profile in one vendor's dialect, all or nothing. With `expectedVersion`, the
@@ -79,7 +79,7 @@ impl Mutation {
     ) -> Result<Profile> {
         let (store, tenant) = scope(ctx)?;
         let key = existing(&r#ref).extend()?;
-        Ok(Profile(
+        Ok(Profile::from(
             store
                 .set_status(tenant, &key, status.into(), &actor(ctx))
                 .await

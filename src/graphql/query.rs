@@ -27,7 +27,7 @@ impl Query {
             return Ok(None);
         };
         let parts = Profile::parts(ctx.look_ahead());
-        Ok(store.find(tenant, &key, parts).await.extend()?.map(Profile))
+        Ok(store.find(tenant, &key, parts).await.extend()?.map(Profile::from))
     }
 
     /// The caller's profiles, oldest first, `first` at a time (at most 100), after the cursor
@@ -66,7 +66,7 @@ impl Query {
             .into_iter()
             .map(|view| ProfileEdge {
                 cursor: cursor::encode(CURSOR_KIND, view.profile.serial_number),
-                node: Profile(view),
+                node: Profile::from(view),
             })
             .collect();
         Ok(ProfileConnection {

@@ -77,7 +77,7 @@ impl Subscription {
                     .await
                     .ok()
                     .flatten()
-                    .map(Profile);
+                    .map(Profile::from);
                 Some(ProfileChangeEvent {
                     profile_id: ID(notice.profile_id.to_string()),
                     version: record.version,

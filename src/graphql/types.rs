@@ -1,5 +1,7 @@
 //! Output types, enums and shared inputs, written for clients rather than mirroring rows.
 
+use std::sync::Arc;
+
 use async_graphql::{
     Context, Enum, ErrorExtensions, ID, InputObject, Json, Lookahead, Object, OneofObject, Result, ResultExt,
     SimpleObject,
@@ -220,9 +222,16 @@ pub struct ProfileConnection {
     pub total_count: i64,
 }
 
-/// A profile as the API returns it (see the `#[Object]` impl for its description).
+/// A profile as the API returns it (see the `#[Object]` impl for its description). Shared,
+/// as an update's result is with what the store keeps of the profile it wrote.
 #[derive(Clone)]
-pub struct Profile(pub ProfileView);
+pub struct Profile(pub Arc<ProfileView>);
+
+impl From<ProfileView> for Profile {
+    fn from(view: ProfileView) -> Self {
+        Profile(Arc::new(view))
+    }
+}
 
 impl Profile {
     /// What of a profile to read for `selection`, the look-ahead of a field whose type is

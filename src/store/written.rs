@@ -43,15 +43,14 @@ impl Written {
 
     /// The profile `id` as this replica last wrote it, if kept; taken out, so that of two
     /// updates at once only one starts from it (the other reads).
-    pub(super) fn take(&self, tenant: TenantId, id: Uuid) -> Option<ProfileView> {
-        let view = self.0.remove(&(tenant.0, id))?;
-        Some(Arc::try_unwrap(view).unwrap_or_else(|shared| (*shared).clone()))
+    pub(super) fn take(&self, tenant: TenantId, id: Uuid) -> Option<Arc<ProfileView>> {
+        self.0.remove(&(tenant.0, id))
     }
 
     /// Keeps `view`, just written, unless it holds custom values (see the module's header) or
     /// a later version of the profile is kept already (checked and kept in one step, so that
     /// of two updates of the profile finishing at once the later version stays).
-    pub(super) fn keep(&self, tenant: TenantId, view: &ProfileView) {
+    pub(super) fn keep(&self, tenant: TenantId, view: &Arc<ProfileView>) {
         if view.parts.custom {
             return;
         }
@@ -59,7 +58,7 @@ impl Written {
             .entry((tenant.0, view.profile.id))
             .and_compute_with(|kept| match kept {
                 Some(kept) if kept.value().profile.version >= view.profile.version => Op::Nop,
-                _ => Op::Put(Arc::new(view.clone())),
+                _ => Op::Put(Arc::clone(view)),
             });
     }
 
@@ -139,14 +138,14 @@ mod tests {
     use super::*;
     use crate::store::Parts;
 
-    fn view(id: Uuid, version: i32, parts: Parts) -> ProfileView {
+    fn view(id: Uuid, version: i32, parts: Parts) -> Arc<ProfileView> {
         let mut profile = Profile::new(id, 1, Utc::now());
         profile.version = version;
-        ProfileView {
+        Arc::new(ProfileView {
             profile,
             custom_fields: Arc::from([]),
             parts,
-        }
+        })
     }
 
     const TENANT: TenantId = TenantId(Uuid::nil());
