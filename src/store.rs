@@ -704,7 +704,13 @@ impl Store {
     /// After an update stored `written`: announces its new version ([`Feed::announce`]), and
     /// keeps it for the next update of the profile to start from; and in `hot`, its turn, which
     /// profile `key` named, unless a snapshot of it turned out stale lately.
-    async fn stored(&self, hot: Option<&mut HotProfile>, tenant: TenantId, key: &ProfileKey, written: &Arc<ProfileView>) {
+    async fn stored(
+        &self,
+        hot: Option<&mut HotProfile>,
+        tenant: TenantId,
+        key: &ProfileKey,
+        written: &Arc<ProfileView>,
+    ) {
         self.feed.announce(notice(tenant, &written.profile)).await;
         if let Some(hot) = hot {
             if hot.stale_at.is_some_and(|at| at.elapsed() < CONTENDED_FOR) {

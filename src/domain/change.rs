@@ -413,12 +413,22 @@ mod tests {
             let mut names: Vec<String> = Field::ALL.iter().map(|field| field.name().to_owned()).collect();
             let keys = |prefix: &str, a: Vec<&String>, b: Vec<&String>| {
                 let keys: BTreeSet<_> = a.into_iter().chain(b).collect();
-                keys.into_iter().map(|key| format!("{prefix}.{key}")).collect::<Vec<_>>()
+                keys.into_iter()
+                    .map(|key| format!("{prefix}.{key}"))
+                    .collect::<Vec<_>>()
             };
-            names.extend(keys("attributes", before.attributes.keys().collect(), after.attributes.keys().collect()));
+            names.extend(keys(
+                "attributes",
+                before.attributes.keys().collect(),
+                after.attributes.keys().collect(),
+            ));
             names.extend(keys("tags", before.tags.keys().collect(), after.tags.keys().collect()));
             names.push("groups".to_owned());
-            names.extend(keys("customFields", before.custom.keys().collect(), after.custom.keys().collect()));
+            names.extend(keys(
+                "customFields",
+                before.custom.keys().collect(),
+                after.custom.keys().collect(),
+            ));
             let json = |p: &Profile, name: &str| match name.split_once('.') {
                 Some(("attributes", key)) => p.attributes.get(key).cloned().unwrap_or(Value::Null),
                 Some(("tags", key)) => p.tags.get(key).map_or(Value::Null, |value| json!({ "value": value })),
@@ -460,7 +470,12 @@ mod tests {
         cleared.attributes.clear();
         cleared.tags.clear();
         cleared.custom.clear();
-        for (a, b) in [(&before, &after), (&after, &before), (&after, &cleared), (&cleared, &before)] {
+        for (a, b) in [
+            (&before, &after),
+            (&after, &before),
+            (&after, &cleared),
+            (&cleared, &before),
+        ] {
             assert_eq!(diff(a, b), every_field(a, b));
         }
         // An attribute set to null reads as one that is absent: no change either way.

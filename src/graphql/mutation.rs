@@ -23,7 +23,9 @@ impl Mutation {
     ) -> Result<Profile> {
         let (store, tenant) = scope(ctx)?;
         let change = ChangeSet::try_from(input).extend()?;
-        Ok(Profile::from(store.create(tenant, &change, &actor(ctx)).await.extend()?))
+        Ok(Profile::from(
+            store.create(tenant, &change, &actor(ctx)).await.extend()?,
+        ))
     }
 
     /// Updates a profile in one vendor's dialect, all or nothing. With `expectedVersion`, the
