@@ -260,52 +260,68 @@ fn check_limits(profile: &Profile) -> Result<(), Fault> {
 }
 
 /// Every canonical field whose value differs between `before` and `after`, in canonical order.
-/// A field's name and JSON values are made only where its values differ (an update changes a
-/// few of a profile's many fields); equal values always give equal JSON, and values that
-/// differ but give the same JSON (an attribute set to null and one absent) are no change.
 pub fn diff(before: &Profile, after: &Profile) -> Vec<FieldChange> {
     let mut changes = Vec::new();
-    let mut push = |field: String, old: Value, new: Value| {
-        if old != new {
-            changes.push(FieldChange {
-                field,
-                before: old,
-                after: new,
-            });
-        }
-    };
     for field in Field::ALL {
         let (old, new) = (before.fields.get(&field), after.fields.get(&field));
-        if old != new {
-            let json = |value: Option<&Scalar>| value.map_or(Value::Null, Scalar::to_json);
-            push(field.name().to_owned(), json(old), json(new));
-        }
+        push_change(&mut changes, || field.name().to_owned(), old, new, Scalar::to_json);
     }
     for key in union(before.attributes.keys(), after.attributes.keys()) {
         let (old, new) = (before.attributes.get(key), after.attributes.get(key));
-        if old != new {
-            let json = |value: Option<&Value>| value.cloned().unwrap_or(Value::Null);
-            push(format!("attributes.{key}"), json(old), json(new));
-        }
+        push_change(&mut changes, || format!("attributes.{key}"), old, new, Value::clone);
     }
     for key in union(before.tags.keys(), after.tags.keys()) {
         let (old, new) = (before.tags.get(key), after.tags.get(key));
-        if old != new {
-            let json = |value: Option<&Option<String>>| value.map_or(Value::Null, |value| json!({ "value": value }));
-            push(format!("tags.{key}"), json(old), json(new));
-        }
+        push_change(
+            &mut changes,
+            || format!("tags.{key}"),
+            old,
+            new,
+            |value| json!({ "value": value }),
+        );
     }
-    if before.groups != after.groups {
-        push("groups".to_owned(), json!(before.groups), json!(after.groups));
-    }
+    push_change(
+        &mut changes,
+        || "groups".to_owned(),
+        Some(&before.groups),
+        Some(&after.groups),
+        |groups| json!(groups),
+    );
     for name in union(before.custom.keys(), after.custom.keys()) {
         let (old, new) = (before.custom.get(name), after.custom.get(name));
-        if old != new {
-            let json = |value: Option<&String>| value.map_or(Value::Null, |value| json!(value));
-            push(format!("customFields.{name}"), json(old), json(new));
-        }
+        push_change(
+            &mut changes,
+            || format!("customFields.{name}"),
+            old,
+            new,
+            |value| json!(value),
+        );
     }
     changes
+}
+
+/// Pushes the change of one field from `old` to `new` (absent is JSON null), if its JSON
+/// differs. The name and the JSON values are made only when the values differ: an update
+/// changes a few of a profile's many fields, and equal values always give equal JSON. Values
+/// that differ may still give the same JSON (an attribute set to null and one absent): no change.
+fn push_change<V: PartialEq>(
+    changes: &mut Vec<FieldChange>,
+    field: impl FnOnce() -> String,
+    old: Option<&V>,
+    new: Option<&V>,
+    json: impl Fn(&V) -> Value,
+) {
+    if old == new {
+        return;
+    }
+    let (before, after) = (old.map_or(Value::Null, &json), new.map_or(Value::Null, &json));
+    if before != after {
+        changes.push(FieldChange {
+            field: field(),
+            before,
+            after,
+        });
+    }
 }
 
 fn union<'a>(a: impl Iterator<Item = &'a String>, b: impl Iterator<Item = &'a String>) -> BTreeSet<&'a String> {
