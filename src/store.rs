@@ -476,10 +476,20 @@ impl Store {
         if let Some(after) = after {
             condition = condition.add(profile::Column::SerialNumber.gt(after));
         }
-        let page = with_owned(self.db.get_database_backend(), parts, false)
+        let backend = self.db.get_database_backend();
+        let page = with_owned(backend, parts, false)
             .filter(condition)
             .order_by_asc(profile::Column::SerialNumber);
-        let mut rows: Vec<Loaded> = first_rows(page, first + 1, &conn).await?;
+        let page = limited(page, backend, first + 1);
+        // On SQLite, a page without its count is one statement on this process's own readers.
+        let direct = match tx {
+            None => self.direct().await?,
+            Some(_) => None,
+        };
+        let mut rows = match direct {
+            Some(direct) => direct.rows(&page).await?,
+            None => Loaded::find_by_statement(page).all(&conn).await?,
+        };
         let has_next_page = rows.len() as u64 > first;
         rows.truncate(usize::try_from(first).unwrap_or(usize::MAX));
         let custom_fields = match parts.custom {

@@ -12,13 +12,14 @@
 //! So these run their statements where the request runs, on connections of their own
 //! (rusqlite, over the same SQLite library that sqlx links) opened on the database's file:
 //!
-//! - single-profile reads, on a few readers opened with `query_only`: WAL lets them read
-//!   beside the one writer, and each read sees every commit made before it began;
+//! - single-profile reads, and pages of profiles without their total count, on a few readers
+//!   opened with `query_only`: WAL lets them read beside the one writer, and each read sees
+//!   every commit made before it began;
 //! - profile updates, on one writer, in this process's write turn ([`Direct::begin`]).
 //!
 //! Their texts are the ones sqlx would run, their values are bound as sqlx binds them
-//! ([`Param`]), and their rows decode as sqlx's do ([`super::row`]). Everything else (lists,
-//! the other writes) stays on sqlx.
+//! ([`Param`]), and their rows decode as sqlx's do ([`super::row`]). Everything else (pages
+//! with their count, history, the other writes) stays on sqlx.
 //!
 //! Running on the request's thread means that a statement that waits blocks that thread. A
 //! reader waits only while another connection rebuilds the log's index (after a crash), for at
@@ -54,8 +55,13 @@ use crate::error::{Error, Result};
 /// that a writer holds; this bounds the rare wait for a connection rebuilding the log's index.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// Statements each reader keeps prepared: one per shape of read (kind of key and parts).
-const PREPARED_READS: usize = 3 * Parts::COMBINATIONS;
+/// Statements each reader keeps prepared: one per shape of read (kind of key and parts),
+/// and the shapes of page used most lately.
+const PREPARED_READS: usize = 3 * Parts::COMBINATIONS + PREPARED_PAGES;
+
+/// Shapes of page (their texts vary with the filter, the parts and the length) that each
+/// reader keeps prepared beside the reads, the least used lately given up first.
+const PREPARED_PAGES: usize = 32;
 
 /// Statements the writer keeps prepared: the reads, and the writes, whose texts vary with how
 /// many tags, groups or custom values they write.
@@ -97,6 +103,23 @@ impl Direct {
     /// The profile `key` names with `parts`, read by one statement on this thread.
     pub async fn load(&self, tenant: TenantId, key: &ProfileKey, parts: Parts) -> Result<Option<Loaded>> {
         load(&*get(&self.readers).await?, tenant, key, parts)
+    }
+
+    /// Every profile `statement` reads, with what each owns: a select that
+    /// [`super::with_owned`] built for SQLite, as a page of profiles is; read by one statement
+    /// on this thread.
+    pub async fn rows(&self, statement: &Statement) -> Result<Vec<Loaded>> {
+        let reader = get(&self.readers).await?;
+        let values = statement.values.as_ref().map_or(&[][..], |values| &values.0[..]);
+        let mut prepared = reader.prepare_cached(&statement.sql).map_err(sqlite_err)?;
+        let mut rows = prepared
+            .query(rusqlite::params_from_iter(values.iter().map(Param)))
+            .map_err(sqlite_err)?;
+        let mut loaded = Vec::new();
+        while let Some(row) = rows.next().map_err(sqlite_err)? {
+            loaded.push(decode(row)?);
+        }
+        Ok(loaded)
     }
 
     /// Begins an update's transaction on the writer with `BEGIN IMMEDIATE`, which takes
@@ -309,9 +332,10 @@ mod tests {
     use uuid::Uuid;
 
     use super::*;
+    use crate::domain::ProfileStatus;
     use crate::domain::{ChangeSet, CustomFieldType, Field, MemberType, NewCustomField, Op, Scalar, TagWrite};
     use crate::error::Code;
-    use crate::store::{Actor, Store, Update, Updated, load, on_a_fresh_sqlite_file};
+    use crate::store::{Actor, ProfileFilter, Store, Update, Updated, load, on_a_fresh_sqlite_file};
 
     /// A tenant with one profile of no values, and the profile's key.
     async fn a_blank_profile(store: &Store) -> (TenantId, ProfileKey) {
@@ -424,6 +448,75 @@ mod tests {
                 .unwrap()
                 .is_none()
         );
+    }
+
+    #[tokio::test]
+    async fn a_page_reads_through_the_readers_as_it_reads_through_sqlx_with_every_filter_and_parts() {
+        let (store, _dir) = on_a_fresh_sqlite_file().await;
+        let tenant = store.ensure_tenant("pages").await.unwrap();
+        let field = NewCustomField::new("shoe_size".into(), CustomFieldType::Number, None, None).unwrap();
+        store.define_custom_field(tenant, field).await.unwrap();
+        let mut tagged = ChangeSet::default();
+        tagged.push(Op::ReplaceTags(["vip".to_string()].into()));
+        for change in [everything(), ChangeSet::default(), tagged] {
+            store.create(tenant, &change, &Actor::default()).await.unwrap();
+        }
+        let readers = store
+            .direct()
+            .await
+            .unwrap()
+            .expect("a database file has direct connections");
+        assert_eq!(readers.readers.status().size, 0);
+
+        let filters = [
+            ProfileFilter::default(),
+            ProfileFilter {
+                tag: Some("vip".into()),
+                ..ProfileFilter::default()
+            },
+            ProfileFilter {
+                group: Some("beta".into()),
+                ..ProfileFilter::default()
+            },
+            ProfileFilter {
+                status: Some(ProfileStatus::Active),
+                ..ProfileFilter::default()
+            },
+        ];
+        for filter in &filters {
+            for parts in Parts::every() {
+                for (first, after) in [(50, None), (1, None), (1, Some(1))] {
+                    // A page with its count is read through sqlx, in a transaction.
+                    let read = store.list(tenant, first, after, filter, parts, false).await.unwrap();
+                    let through_sqlx = store.list(tenant, first, after, filter, parts, true).await.unwrap();
+                    let case = format!("{filter:?} {parts:?} first {first} after {after:?}");
+                    assert_eq!(
+                        format!("{:?}", read.profiles),
+                        format!("{:?}", through_sqlx.profiles),
+                        "{case}"
+                    );
+                    assert_eq!(read.has_next_page, through_sqlx.has_next_page, "{case}");
+                    assert_eq!(read.total_count, None, "{case}");
+                }
+            }
+        }
+        assert!(readers.readers.status().size > 0, "the pages were read on the readers");
+        let all = store
+            .list(tenant, 50, None, &filters[0], Parts::ALL, false)
+            .await
+            .unwrap();
+        assert_eq!(all.profiles.len(), 3);
+        let tagged = store
+            .list(tenant, 50, None, &filters[1], Parts::ALL, false)
+            .await
+            .unwrap();
+        assert_eq!(tagged.profiles.len(), 2);
+        let other_tenant = store.ensure_tenant("other").await.unwrap();
+        let none = store
+            .list(other_tenant, 50, None, &filters[0], Parts::ALL, false)
+            .await
+            .unwrap();
+        assert!(none.profiles.is_empty() && !none.has_next_page);
     }
 
     #[tokio::test]
