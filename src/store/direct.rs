@@ -332,8 +332,9 @@ mod tests {
     use uuid::Uuid;
 
     use super::*;
-    use crate::domain::ProfileStatus;
-    use crate::domain::{ChangeSet, CustomFieldType, Field, MemberType, NewCustomField, Op, Scalar, TagWrite};
+    use crate::domain::{
+        ChangeSet, CustomFieldType, Field, MemberType, NewCustomField, Op, ProfileStatus, Scalar, TagWrite,
+    };
     use crate::error::Code;
     use crate::store::{Actor, ProfileFilter, Store, Update, Updated, load, on_a_fresh_sqlite_file};
 
