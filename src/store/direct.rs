@@ -110,11 +110,8 @@ impl Direct {
     /// on this thread.
     pub async fn rows(&self, statement: &Statement) -> Result<Vec<Loaded>> {
         let reader = get(&self.readers).await?;
-        let values = statement.values.as_ref().map_or(&[][..], |values| &values.0[..]);
         let mut prepared = reader.prepare_cached(&statement.sql).map_err(sqlite_err)?;
-        let mut rows = prepared
-            .query(rusqlite::params_from_iter(values.iter().map(Param)))
-            .map_err(sqlite_err)?;
+        let mut rows = prepared.query(params(statement)).map_err(sqlite_err)?;
         let mut loaded = Vec::new();
         while let Some(row) = rows.next().map_err(sqlite_err)? {
             loaded.push(decode(row)?);
@@ -159,10 +156,7 @@ impl DirectWrite {
 
     /// Runs `statement`, built for SQLite, with its values bound as sqlx binds them.
     pub fn execute(&self, statement: &Statement) -> rusqlite::Result<usize> {
-        let values = statement.values.as_ref().map_or(&[][..], |values| &values.0[..]);
-        self.writer
-            .prepare_cached(&statement.sql)?
-            .execute(rusqlite::params_from_iter(values.iter().map(Param)))
+        self.writer.prepare_cached(&statement.sql)?.execute(params(statement))
     }
 
     pub fn commit(self) -> Result<()> {
@@ -225,6 +219,12 @@ async fn get(pool: &managed::Pool<Opener>) -> Result<Object<Opener>> {
 
 fn sqlite_err(err: rusqlite::Error) -> Error {
     Error::Internal(Box::new(err))
+}
+
+/// `statement`'s values, each bound as [`Param`] binds it.
+fn params(statement: &Statement) -> rusqlite::ParamsFromIter<impl Iterator<Item = Param<'_>>> {
+    let values = statement.values.as_ref().map_or(&[][..], |values| &values.0[..]);
+    rusqlite::params_from_iter(values.iter().map(Param))
 }
 
 /// A SeaORM value bound to a rusqlite statement as sea-query-sqlx and sqlx bind it, so that
@@ -364,6 +364,14 @@ mod tests {
         store.update(tenant, key, &change, &update, &Actor::default()).await
     }
 
+    /// A tenant named `name` with the custom field that [`everything`] sets.
+    async fn a_tenant_with_shoe_sizes(store: &Store, name: &str) -> TenantId {
+        let tenant = store.ensure_tenant(name).await.unwrap();
+        let field = NewCustomField::new("shoe_size".into(), CustomFieldType::Number, None, None).unwrap();
+        store.define_custom_field(tenant, field).await.unwrap();
+        tenant
+    }
+
     /// A profile with every kind of value a read decodes: text, flag, number and member-type
     /// fields, a time, attributes, tags with and without values, groups and custom values.
     fn everything() -> ChangeSet {
@@ -408,9 +416,7 @@ mod tests {
     #[tokio::test]
     async fn a_profile_reads_through_the_readers_as_it_reads_through_sqlx_by_every_key_and_parts() {
         let (store, _dir) = on_a_fresh_sqlite_file().await;
-        let tenant = store.ensure_tenant("readers").await.unwrap();
-        let field = NewCustomField::new("shoe_size".into(), CustomFieldType::Number, None, None).unwrap();
-        store.define_custom_field(tenant, field).await.unwrap();
+        let tenant = a_tenant_with_shoe_sizes(&store, "readers").await;
         let created = store.create(tenant, &everything(), &Actor::default()).await.unwrap();
         let readers = store
             .direct()
@@ -454,9 +460,7 @@ mod tests {
     #[tokio::test]
     async fn a_page_reads_through_the_readers_as_it_reads_through_sqlx_with_every_filter_and_parts() {
         let (store, _dir) = on_a_fresh_sqlite_file().await;
-        let tenant = store.ensure_tenant("pages").await.unwrap();
-        let field = NewCustomField::new("shoe_size".into(), CustomFieldType::Number, None, None).unwrap();
-        store.define_custom_field(tenant, field).await.unwrap();
+        let tenant = a_tenant_with_shoe_sizes(&store, "pages").await;
         let mut tagged = ChangeSet::default();
         tagged.push(Op::ReplaceTags(["vip".to_string()].into()));
         for change in [everything(), ChangeSet::default(), tagged] {
