@@ -16,6 +16,7 @@
 //! - [`idempotency`]: `Idempotency-Key`s, kept in the database for every replica.
 //! - [`feed`]: live change notices, across replicas through PostgreSQL's LISTEN/NOTIFY.
 //! - [`error`]: the one error type and its mapping to `extensions.code`.
+//! - [`logging`]: the log's writer, which writes lines to stderr in batches.
 
 pub mod auth;
 pub mod cli;
@@ -28,6 +29,7 @@ pub mod feed;
 pub mod graphql;
 pub mod http;
 pub mod idempotency;
+pub mod logging;
 pub mod store;
 
 pub use graphql::{AppSchema, schema, sdl};

@@ -9,20 +9,17 @@ use tracing_subscriber::EnvFilter;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// Log lines waiting for the log thread; past this many, logging waits (as a plain write to
-/// stderr would) rather than dropping lines.
-const QUEUED_LOG_LINES: usize = 8192;
-
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    // Lines go to stderr from a thread of their own, written in batches: one line per request
-    // written from the request's own task cost about 7% of a small read's CPU (perf, W1).
+    // Lines go to stderr from a thread of their own, in batches (`profile_gateway::logging`).
     // `_flushed` writes what is queued when `main` returns.
-    let (log, _flushed) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .buffered_lines_limit(QUEUED_LOG_LINES)
-        .lossy(false)
-        .thread_name("log")
-        .finish(std::io::BufWriter::new(std::io::stderr()));
+    let (log, _flushed) = match profile_gateway::logging::Batched::new(std::io::stderr()) {
+        Ok(writer) => writer,
+        Err(err) => {
+            eprintln!("cannot start the log's thread: {err}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
         .with_writer(log)
