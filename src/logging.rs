@@ -256,7 +256,10 @@ mod tests {
                 let batched = &batched;
                 scope.spawn(move || {
                     for n in 0..2_000 {
-                        batched.make_writer().write_all(format!("t{thread} n{n}\n").as_bytes()).unwrap();
+                        batched
+                            .make_writer()
+                            .write_all(format!("t{thread} n{n}\n").as_bytes())
+                            .unwrap();
                     }
                 });
             }
@@ -294,7 +297,8 @@ mod tests {
     #[test]
     fn lines_are_written_when_their_window_ends() {
         let sink = Sink::default();
-        let (batched, _flushed) = Batched::with(sink.clone(), Duration::from_millis(10), WRITE_AT, MAX_PENDING).unwrap();
+        let (batched, _flushed) =
+            Batched::with(sink.clone(), Duration::from_millis(10), WRITE_AT, MAX_PENDING).unwrap();
         log(&batched, || tracing::info!("request done"));
         sink.wait_for(1);
         assert!(sink.text().contains("request done"));
@@ -323,7 +327,10 @@ mod tests {
         let sink = Sink::default();
         let (batched, _flushed) = Batched::with(sink.clone(), FOREVER, 100, MAX_PENDING).unwrap();
         for n in 0..20 {
-            batched.make_writer().write_all(format!("line {n:>3}\n").as_bytes()).unwrap();
+            batched
+                .make_writer()
+                .write_all(format!("line {n:>3}\n").as_bytes())
+                .unwrap();
         }
         // 100 bytes are 10 lines of 9 bytes and a bit: at least the first 11 go out.
         sink.wait_for(11);

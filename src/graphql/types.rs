@@ -541,8 +541,9 @@ impl Profile {
             .map(|after| cursor::decode(HISTORY_CURSOR, after, "after").map(|v| i32::try_from(v).unwrap_or(i32::MAX)))
             .transpose()
             .extend()?;
-        let (records, has_next_page) = store
-            .history(tenant, self.0.profile.id, page_size, before)
+        // Boxed: every field of a profile is resolved in a future as large as its largest
+        // field's, which this one would be.
+        let (records, has_next_page) = Box::pin(store.history(tenant, self.0.profile.id, page_size, before))
             .await
             .extend()?;
         let edges: Vec<ProfileChangeRecordEdge> = records

@@ -232,7 +232,20 @@ pub async fn post(
             }
         };
         Ok::<_, Refuse>(match key {
-            Some(key) => idempotent(&state, principal.tenant, &key, &body, respond, media, request_id).await,
+            // Boxed: its database round trips' futures would make every request's larger
+            // (axum moves each request's future into a box, and that copies all of it).
+            Some(key) => {
+                Box::pin(idempotent(
+                    &state,
+                    principal.tenant,
+                    &key,
+                    &body,
+                    respond,
+                    media,
+                    request_id,
+                ))
+                .await
+            }
             None => respond.await,
         })
     }

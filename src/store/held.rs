@@ -137,13 +137,17 @@ impl managed::Manager for Lender {
     type Type = PgConnection;
     type Error = sqlx::Error;
 
+    // Both futures are part of every loan's (deadpool's `get` holds them in place), and so of
+    // every read's and update's, which async-graphql moves into a box of its own for each
+    // field: sqlx's connect future is many kilobytes. Boxed, they cost their size only when
+    // they run: a connection opened, an idle one pinged.
     async fn create(&self) -> Result<PgConnection, sqlx::Error> {
-        self.0.acquire().await.map(PoolConnection::detach)
+        Box::pin(self.0.acquire()).await.map(PoolConnection::detach)
     }
 
     async fn recycle(&self, conn: &mut PgConnection, metrics: &Metrics) -> RecycleResult<sqlx::Error> {
         if metrics.last_used() >= PING_WHEN_IDLE_FOR {
-            conn.ping().await?;
+            Box::pin(conn.ping()).await?;
         }
         Ok(())
     }
