@@ -1,14 +1,16 @@
 //! What an operation asks for, learned from its document before anything runs: its kind, its
-//! root fields, its size against the [`Limits`], and the one validation rule async-graphql
-//! lacks (a variable inside a @oneOf input must be non-null, GraphQL spec September 2025).
+//! root fields, its size against the [`Limits`], the one validation rule async-graphql lacks
+//! (a variable inside a @oneOf input must be non-null, GraphQL spec September 2025), and
+//! whether a request's variables surely pass async-graphql's check of them
+//! ([`variables_surely_valid`]).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
-use async_graphql::Variables;
 use async_graphql::parser::types::{
     BaseType, DocumentOperations, ExecutableDocument, OperationDefinition, OperationType, Selection, SelectionSet,
     Type, TypeKind, TypeSystemDefinition,
 };
+use async_graphql::{ID, ScalarType, Variables};
 use async_graphql_value::{ConstValue, Name, Value};
 
 use super::limits::Limits;
@@ -16,13 +18,24 @@ use super::limits::Limits;
 /// An output field: its named type and its arguments' types.
 type FieldInfo = (String, HashMap<String, Type>);
 
-/// Types and fields of the schema, enough to follow arguments into input objects.
+/// An input object: whether it is @oneOf, and its fields.
+#[derive(Debug)]
+struct InputInfo {
+    one_of: bool,
+    /// Field → its type and whether it has a default value.
+    fields: HashMap<String, (Type, bool)>,
+}
+
+/// Types and fields of the schema, enough to follow arguments into input objects and to check
+/// input values.
 #[derive(Debug, Default)]
 pub struct SchemaIndex {
     /// Output type → field → what it returns and takes.
     objects: HashMap<String, HashMap<String, FieldInfo>>,
-    /// Input type → (whether it is @oneOf, its fields' types).
-    inputs: HashMap<String, (bool, HashMap<String, Type>)>,
+    /// Input type → what it is made of.
+    inputs: HashMap<String, InputInfo>,
+    /// Enum → its values.
+    enums: HashMap<String, HashSet<String>>,
 }
 
 impl SchemaIndex {
@@ -58,9 +71,20 @@ impl SchemaIndex {
                     let fields = input
                         .fields
                         .into_iter()
-                        .map(|f| (f.node.name.node.to_string(), f.node.ty.node))
+                        .map(|f| {
+                            let f = f.node;
+                            (f.name.node.to_string(), (f.ty.node, f.default_value.is_some()))
+                        })
                         .collect();
-                    index.inputs.insert(name, (one_of, fields));
+                    index.inputs.insert(name, InputInfo { one_of, fields });
+                }
+                TypeKind::Enum(values) => {
+                    let values = values
+                        .values
+                        .into_iter()
+                        .map(|v| v.node.value.node.to_string())
+                        .collect();
+                    index.enums.insert(name, values);
                 }
                 _ => {}
             }
@@ -151,6 +175,100 @@ pub fn analyze(
     Ok(Analysis {
         kind: operation.ty,
         root_fields,
+    })
+}
+
+/// Whether a request's validation vouches for its whole document: the document holds this one
+/// operation, and the request gives every variable the operation declares (async-graphql
+/// checks an argument's literal parts only when it can fill in all of the argument's
+/// variables).
+pub fn vouches(document: &ExecutableDocument, operation: &OperationDefinition, variables: &Variables) -> bool {
+    let single = match &document.operations {
+        DocumentOperations::Single(_) => true,
+        DocumentOperations::Multiple(operations) => operations.len() == 1,
+    };
+    single
+        && operation
+            .variable_definitions
+            .iter()
+            .all(|definition| variables.contains_key(&definition.node.name.node))
+}
+
+/// Whether async-graphql's validation surely accepts `variables` for `operation`, whose
+/// document it accepted before from a request that [`vouches`] for it: so its literals are
+/// valid, and its variables are used only where their declared types fit. What is left to
+/// check is each variable the request gives, against its declared type, by async-graphql's
+/// rules. `false` means "not sure", not "invalid" (a null, a type not indexed): such a
+/// request is validated in full.
+pub fn variables_surely_valid(index: &SchemaIndex, operation: &OperationDefinition, variables: &Variables) -> bool {
+    operation.variable_definitions.iter().all(|definition| {
+        let definition = &definition.node;
+        match variables.get(&definition.name.node) {
+            None => true,
+            // Null is valid in some positions of a nullable variable and not in others.
+            Some(ConstValue::Null) => false,
+            Some(value) => index.surely_valid(&definition.var_type.node, value),
+        }
+    })
+}
+
+impl SchemaIndex {
+    /// Whether async-graphql takes `value` as a `ty` (its `is_valid_input_value`, mirrored
+    /// where that accepts; whatever it would take only with a later error is `false`).
+    fn surely_valid(&self, ty: &Type, value: &ConstValue) -> bool {
+        if let ConstValue::Null = value {
+            return ty.nullable;
+        }
+        match &ty.base {
+            BaseType::List(item) => match value {
+                ConstValue::List(items) => items.iter().all(|item_value| self.surely_valid(item, item_value)),
+                // A single value where a list is expected counts as a list of one.
+                other => self.surely_valid(item, other),
+            },
+            BaseType::Named(name) => self.surely_valid_named(name, value),
+        }
+    }
+
+    fn surely_valid_named(&self, name: &str, value: &ConstValue) -> bool {
+        if let Some(valid) = scalar_valid(name, value) {
+            return valid;
+        }
+        if let Some(values) = self.enums.get(name) {
+            return match value {
+                ConstValue::Enum(item) => values.contains(item.as_str()),
+                ConstValue::String(item) => values.contains(item.as_str()),
+                _ => false,
+            };
+        }
+        let (Some(input), ConstValue::Object(given)) = (self.inputs.get(name), value) else {
+            return false;
+        };
+        if input.one_of && (given.len() != 1 || given.values().any(|v| matches!(v, ConstValue::Null))) {
+            return false;
+        }
+        given.keys().all(|field| input.fields.contains_key(field.as_str()))
+            && input
+                .fields
+                .iter()
+                .all(|(field, (ty, has_default))| match given.get(field.as_str()) {
+                    Some(field_value) => self.surely_valid(ty, field_value),
+                    None => ty.nullable || *has_default,
+                })
+    }
+}
+
+/// async-graphql's own check of a value of the scalar `name`, for the scalars that inputs
+/// use; `None` for any other.
+fn scalar_valid(name: &str, value: &ConstValue) -> Option<bool> {
+    Some(match name {
+        "String" => <String as ScalarType>::is_valid(value),
+        "Int" => <i32 as ScalarType>::is_valid(value),
+        "Float" => <f64 as ScalarType>::is_valid(value),
+        "Boolean" => <bool as ScalarType>::is_valid(value),
+        "ID" => <ID as ScalarType>::is_valid(value),
+        // async-graphql's `Json` has no check: any value is one.
+        "JSON" => true,
+        _ => return None,
     })
 }
 
@@ -279,8 +397,10 @@ impl<'a> Walk<'a> {
             Value::Object(fields) => {
                 let input = ty.and_then(|ty| self.index.inputs.get(named(ty)));
                 for (name, field_value) in fields {
-                    let field_ty = input.and_then(|(_, fields)| fields.get(name.as_str()));
-                    if let (Some((true, _)), Value::Variable(variable)) = (input, field_value) {
+                    let field_ty = input
+                        .and_then(|input| input.fields.get(name.as_str()))
+                        .map(|(ty, _)| ty);
+                    if let (Some(InputInfo { one_of: true, .. }), Value::Variable(variable)) = (input, field_value) {
                         self.non_null_variable(variable, name)?;
                     }
                     self.value(field_value, field_ty)?;
@@ -435,5 +555,247 @@ mod tests {
         let inside_plain_input =
             "mutation($t: [String!]) { updateProfile(ref: {id: \"x\"}, update: {scrip: {tags: $t}}) { dryRun } }";
         assert!(run(inside_plain_input, json!({}), &Limits::default()).is_ok());
+    }
+
+    /// Whether async-graphql's full validation accepts `variables` for `query`: a response
+    /// with no data whose errors have no path is a request error (the root fields fail
+    /// for want of a store when it executes).
+    fn strict_accepts(query: &str, variables: &serde_json::Value) -> bool {
+        static SCHEMA: std::sync::OnceLock<crate::graphql::AppSchema> = std::sync::OnceLock::new();
+        let schema = SCHEMA.get_or_init(|| crate::schema().finish());
+        let request = async_graphql::Request::new(query).variables(Variables::from_json(variables.clone()));
+        let response = futures::executor::block_on(schema.execute(request));
+        response.data != async_graphql::Value::Null || response.errors.iter().any(|error| !error.path.is_empty())
+    }
+
+    fn surely(query: &str, variables: &serde_json::Value) -> bool {
+        static INDEX: std::sync::OnceLock<SchemaIndex> = std::sync::OnceLock::new();
+        let index = INDEX.get_or_init(|| SchemaIndex::new(&crate::sdl()).unwrap());
+        let document = parse_query(query).unwrap();
+        let operation = select(&document, None).unwrap();
+        variables_surely_valid(index, operation, &Variables::from_json(variables.clone()))
+    }
+
+    const W1: &str = "query($id: ID!) { profile(ref: {id: $id}) { id } }";
+    const W2: &str = "mutation($id: ID!, $u: ProfileUpdate!) { updateProfile(ref: {id: $id}, update: $u) { dryRun } }";
+    const REF: &str = "query($r: ProfileRef!) { profile(ref: $r) { id } }";
+    const LIST: &str =
+        "query($n: Int!, $f: ProfileFilter, $a: String) { profiles(first: $n, after: $a, filter: $f) { totalCount } }";
+    const DEFINE: &str = "mutation($i: CustomFieldInput!) { defineCustomField(input: $i) { name } }";
+    const CREATE: &str = "mutation($i: CreateProfileInput!) { createProfile(input: $i) { id } }";
+    const TAGS: &str =
+        "mutation($t: [String!]) { updateProfile(ref: {id: \"x\"}, update: {scrip: {tags: $t}}) { dryRun } }";
+
+    /// Each document with variables that give every one it declares, as ordinary clients send.
+    fn documents() -> Vec<(&'static str, serde_json::Value)> {
+        vec![
+            (W1, json!({"id": "0b6e8f4e-0000-4000-8000-000000000001"})),
+            (
+                W2,
+                json!({"id": "1", "u": {"scrip": {"attributes": {"plan": "pro"}, "tags": ["a", "b"]}}}),
+            ),
+            (REF, json!({"r": {"externalId": "e"}})),
+            (
+                LIST,
+                json!({"n": 50, "f": {"status": "ACTIVE", "tag": "vip"}, "a": "cursor"}),
+            ),
+            (
+                DEFINE,
+                json!({"i": {"name": "Size", "type": "DROPDOWN", "options": ["S", "M"], "maxLength": 3}}),
+            ),
+            (
+                CREATE,
+                json!({"i": {"memberType": "TEAM", "tags": [{"key": "k", "value": "v"}], "groups": "solo"}}),
+            ),
+            (TAGS, json!({"t": ["a"]})),
+        ]
+    }
+
+    #[test]
+    fn variables_that_clients_usually_send_surely_pass_and_do_pass() {
+        for (query, variables) in documents() {
+            assert!(surely(query, &variables), "{query} {variables}");
+            assert!(strict_accepts(query, &variables), "{query} {variables}");
+        }
+        // Optional variables left out and a single value for a list are also sure.
+        assert!(surely(LIST, &json!({"n": 1})));
+        assert!(surely(TAGS, &json!({"t": "a"})));
+        assert!(surely(
+            W2,
+            &json!({"id": 7, "u": {"fragment": {"tags": {"delete": [{"key": "k"}]}}}})
+        ));
+    }
+
+    #[test]
+    fn variables_that_fail_validation_are_never_sure() {
+        let cases = [
+            (W1, json!({"id": true})),
+            (W1, json!({"id": 1.5})),
+            (W2, json!({"id": "1", "u": {"scrip": {"tags": ["a"]}, "spruce": {}}})),
+            (W2, json!({"id": "1", "u": {}})),
+            (W2, json!({"id": "1", "u": {"scrip": {"tags": ["a", null]}}})),
+            (W2, json!({"id": "1", "u": {"scrip": {"bogus": 1}}})),
+            (REF, json!({"r": {"id": "1", "externalId": "e"}})),
+            (LIST, json!({"n": "1"})),
+            (LIST, json!({"n": 1, "f": {"status": "GONE"}})),
+            (LIST, json!({"n": 1, "f": {"status": 3}})),
+            (DEFINE, json!({"i": {"name": "Size"}})),
+            (CREATE, json!({"i": {"tags": [{"key": "k"}]}})),
+            (CREATE, json!({"i": {"memberType": "team"}})),
+        ];
+        for (query, variables) in cases {
+            assert!(!strict_accepts(query, &variables), "{query} {variables}");
+            assert!(!surely(query, &variables), "{query} {variables}");
+        }
+    }
+
+    #[test]
+    fn a_null_variable_is_never_sure_though_it_may_pass() {
+        assert!(strict_accepts(LIST, &json!({"n": 1, "f": null})));
+        assert!(!surely(LIST, &json!({"n": 1, "f": null})));
+        assert!(!surely(W1, &json!({"id": null})));
+    }
+
+    #[test]
+    fn every_scalar_an_input_takes_has_async_graphqls_own_check() {
+        let index = SchemaIndex::new(&crate::sdl()).unwrap();
+        let argument_types = index
+            .objects
+            .values()
+            .flat_map(|fields| fields.values().flat_map(|(_, args)| args.values()));
+        let field_types = index
+            .inputs
+            .values()
+            .flat_map(|input| input.fields.values().map(|(ty, _)| ty));
+        for ty in argument_types.chain(field_types) {
+            let name = named(ty);
+            let known = index.inputs.contains_key(name) || index.enums.contains_key(name);
+            assert!(known || scalar_valid(name, &ConstValue::Null).is_some(), "{name}");
+        }
+    }
+
+    #[test]
+    fn only_a_request_giving_every_variable_of_a_lone_operation_vouches_for_its_document() {
+        let vouch = |query: &str, variables: serde_json::Value| {
+            let document = parse_query(query).unwrap();
+            let operation = select(&document, Some("A"))
+                .or_else(|| select(&document, None))
+                .unwrap();
+            vouches(&document, operation, &Variables::from_json(variables))
+        };
+        assert!(vouch(LIST, json!({"n": 1, "f": null, "a": null})));
+        assert!(!vouch(LIST, json!({"n": 1})));
+        assert!(vouch(
+            "query A($id: ID!) { profile(ref: {id: $id}) { id } }",
+            json!({"id": "1"})
+        ));
+        assert!(!vouch(
+            "query A { customFields { name } } query B { customFields { name } }",
+            json!({})
+        ));
+    }
+
+    mod against_async_graphql {
+        use proptest::prelude::*;
+        use serde_json::Value as Json;
+
+        use super::*;
+
+        const KEYS: &[&str] = &[
+            "id",
+            "externalId",
+            "serialNumber",
+            "scrip",
+            "spruce",
+            "fragment",
+            "attributes",
+            "tags",
+            "key",
+            "value",
+            "name",
+            "type",
+            "options",
+            "maxLength",
+            "memberType",
+            "status",
+            "tag",
+            "set",
+            "delete",
+            "bogus",
+        ];
+
+        fn json_value() -> impl Strategy<Value = Json> {
+            let leaf = prop_oneof![
+                Just(Json::Null),
+                any::<bool>().prop_map(Json::from),
+                prop::sample::select(vec![0_i64, -1, 7, 2_147_483_648, i64::MIN]).prop_map(Json::from),
+                Just(json!(1.5)),
+                Just(json!(u64::MAX)),
+                prop::sample::select(vec!["", "x", "TEXT", "TEAM", "ACTIVE", "team", "GONE"]).prop_map(Json::from),
+            ];
+            leaf.prop_recursive(3, 24, 3, |inner| {
+                prop_oneof![
+                    prop::collection::vec(inner.clone(), 0..3).prop_map(Json::Array),
+                    prop::collection::btree_map(prop::sample::select(KEYS), inner, 0..3)
+                        .prop_map(|map| Json::Object(map.into_iter().map(|(k, v)| (k.to_owned(), v)).collect())),
+                ]
+            })
+        }
+
+        /// `value` with its `at`-th part (in pre-order, modulo their number) replaced by `with`.
+        fn replace(value: &Json, at: usize, with: Json) -> Json {
+            fn parts(value: &Json) -> usize {
+                1 + match value {
+                    Json::Array(items) => items.iter().map(parts).sum(),
+                    Json::Object(map) => map.values().map(parts).sum(),
+                    _ => 0,
+                }
+            }
+            fn go(value: &mut Json, at: &mut usize, with: &mut Option<Json>) {
+                if *at == 0 {
+                    if let Some(with) = with.take() {
+                        *value = with;
+                    }
+                    return;
+                }
+                *at -= 1;
+                match value {
+                    Json::Array(items) => items.iter_mut().for_each(|item| go(item, at, with)),
+                    Json::Object(map) => map.values_mut().for_each(|item| go(item, at, with)),
+                    _ => {}
+                }
+            }
+            let mut value = value.clone();
+            let mut at = at % parts(&value);
+            go(&mut value, &mut at, &mut Some(with));
+            value
+        }
+
+        proptest! {
+            #[test]
+            fn whatever_surely_passes_does_pass(
+                which in 0..7_usize,
+                at in any::<usize>(),
+                with in json_value(),
+                drop_key in prop::sample::select(KEYS),
+            ) {
+                let (query, valid) = documents()[which].clone();
+                for variables in [replace(&valid, at, with.clone()), {
+                    let mut dropped = replace(&valid, at, with.clone());
+                    if let Json::Object(map) = &mut dropped {
+                        for value in map.values_mut() {
+                            if let Json::Object(inner) = value {
+                                inner.remove(drop_key);
+                            }
+                        }
+                    }
+                    dropped
+                }] {
+                    if surely(query, &variables) {
+                        prop_assert!(strict_accepts(query, &variables), "{} {}", query, variables);
+                    }
+                }
+            }
+        }
     }
 }

@@ -13,6 +13,7 @@
 //!   the limits (400 with a specific code), and the key's scope (FORBIDDEN).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use async_graphql::ErrorExtensions;
 use async_graphql::http::ALL_WEBSOCKET_PROTOCOLS;
@@ -31,7 +32,7 @@ use futures::stream::BoxStream;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde_json::{Value, json};
 
-use super::analysis::{Refusal, analyze, select};
+use super::analysis::{Refusal, analyze, select, variables_surely_valid, vouches};
 use super::{AppState, RequestId};
 use crate::auth::{Principal, Scope};
 use crate::error::Code;
@@ -161,32 +162,60 @@ impl Refuse {
 const CACHED_DOCUMENT_BYTES: u64 = 1024 * 1024;
 
 /// Parsed GraphQL documents by their text. An app sends the same few documents again and again
-/// with other variables, and parsing is a large share of a small request's work; the cache
-/// keeps the most used within [`CACHED_DOCUMENT_BYTES`] of text.
+/// with other variables, and parsing and validating are a large share of a small request's
+/// work; the cache keeps the most used within [`CACHED_DOCUMENT_BYTES`] of text.
 #[derive(Clone)]
-pub(crate) struct Documents(moka::sync::Cache<String, ExecutableDocument>);
+pub(crate) struct Documents(moka::sync::Cache<String, Arc<Parsed>>);
+
+/// A parsed document, and whether async-graphql's full validation has accepted it.
+pub(crate) struct Parsed {
+    document: ExecutableDocument,
+    /// Set once a request that [`vouches`](super::analysis::vouches) for the whole document
+    /// passed the full validation: from then on only its variables need checking.
+    validated: AtomicBool,
+}
+
+impl Parsed {
+    fn validated(&self) -> bool {
+        self.validated.load(Ordering::Relaxed)
+    }
+}
 
 impl Documents {
     pub(crate) fn new() -> Self {
         Documents(
             moka::sync::Cache::builder()
-                .weigher(|query: &String, _: &ExecutableDocument| u32::try_from(query.len()).unwrap_or(u32::MAX))
+                .weigher(|query: &String, _: &Arc<Parsed>| u32::try_from(query.len()).unwrap_or(u32::MAX))
                 .max_capacity(CACHED_DOCUMENT_BYTES)
                 .build(),
         )
     }
 
-    /// `request`'s parsed document, parsed only if its text was not seen lately.
-    fn parse<'r>(&self, request: &'r mut Request) -> Result<&'r ExecutableDocument, async_graphql::ServerError> {
-        match self.0.get(&request.query) {
-            Some(document) => request.set_parsed_query(document),
+    /// `request`'s parsed document, parsed only if its text was not seen lately; the request
+    /// gets a copy to execute.
+    fn parse(&self, request: &mut Request) -> Result<Arc<Parsed>, async_graphql::ServerError> {
+        let parsed = match self.0.get(&request.query) {
+            Some(parsed) => parsed,
             None => {
-                let document = request.parsed_query()?.clone();
-                self.0.insert(request.query.clone(), document);
+                let parsed = Arc::new(Parsed {
+                    document: async_graphql::parser::parse_query(&request.query)?,
+                    validated: AtomicBool::new(false),
+                });
+                self.0.insert(request.query.clone(), parsed.clone());
+                parsed
             }
-        }
-        request.parsed_query()
+        };
+        request.set_parsed_query(parsed.document.clone());
+        Ok(parsed)
     }
+}
+
+/// How much of async-graphql's validation a request needs.
+enum Validation {
+    /// All of it; when the request vouches for its document, a pass is remembered.
+    Full { vouching_for: Option<Arc<Parsed>> },
+    /// None: the document passed before, and the variables surely pass.
+    Done,
 }
 
 /// Whether `response` comes from an executed operation rather than a request error (parse,
@@ -740,7 +769,7 @@ fn required_scope(kind: OperationType, root_fields: &[String]) -> Scope {
 
 /// One request, ready to execute or already answered before execution.
 enum Prepared {
-    Execute(Box<Request>),
+    Execute(Box<Request>, Validation),
     Answered { body: Value, status: StatusCode },
 }
 
@@ -781,10 +810,8 @@ async fn run(
             )
             .into_response(media, request_id);
         }
-        let variables = request.variables.clone();
-        let operation_name = request.operation_name.clone();
-        let document = match state.documents.parse(&mut request) {
-            Ok(document) => document,
+        let parsed = match state.documents.parse(&mut request) {
+            Ok(parsed) => parsed,
             Err(err) => {
                 prepared.push(request_error(
                     StatusCode::BAD_REQUEST,
@@ -794,12 +821,17 @@ async fn run(
                 continue;
             }
         };
+        let document = &parsed.document;
+        let variables = &request.variables;
         // When no single operation is selected, execution fails before it starts.
-        let Some(operation) = select(document, operation_name.as_deref()) else {
-            prepared.push(Prepared::Execute(Box::new(request)));
+        let Some(operation) = select(document, request.operation_name.as_deref()) else {
+            prepared.push(Prepared::Execute(
+                Box::new(request),
+                Validation::Full { vouching_for: None },
+            ));
             continue;
         };
-        let analysis = match analyze(&state.index, limits, document, operation, &variables) {
+        let analysis = match analyze(&state.index, limits, document, operation, variables) {
             Ok(analysis) => analysis,
             Err(Refusal::Limit { code, message }) => {
                 return Refuse::new(StatusCode::BAD_REQUEST, code, message).into_response(media, request_id);
@@ -851,7 +883,13 @@ async fn run(
             ));
             continue;
         }
-        prepared.push(Prepared::Execute(Box::new(request)));
+        let validation = if parsed.validated() && variables_surely_valid(&state.index, operation, variables) {
+            Validation::Done
+        } else {
+            let vouching_for = vouches(document, operation, variables).then(|| parsed.clone());
+            Validation::Full { vouching_for }
+        };
+        prepared.push(Prepared::Execute(Box::new(request), validation));
     }
 
     let execution = async {
@@ -859,7 +897,9 @@ async fn run(
         for item in prepared {
             answers.push(match item {
                 Prepared::Answered { body, status } => (named(body, request_id), status),
-                Prepared::Execute(request) => execute(state, principal, *request, media, request_id).await,
+                Prepared::Execute(request, validation) => {
+                    execute(state, principal, *request, validation, media, request_id).await
+                }
             });
         }
         answers
@@ -899,6 +939,7 @@ async fn execute(
     state: &AppState,
     principal: Principal,
     request: Request,
+    validation: Validation,
     media: Media,
     request_id: RequestId,
 ) -> (String, StatusCode) {
@@ -907,7 +948,18 @@ async fn execute(
         request_id: Some(request_id.to_string()),
     };
     let request = request.data(principal).data(principal.tenant).data(actor);
-    let mut response = state.schema.execute(request).await;
+    let mut response = match &validation {
+        Validation::Done => state.validated_schema.execute(request).await,
+        Validation::Full { .. } => state.schema.execute(request).await,
+    };
+    if let Validation::Full {
+        vouching_for: Some(parsed),
+    } = validation
+        && executed(&response)
+    {
+        // Only a request that passed validation executes.
+        parsed.validated.store(true, Ordering::Relaxed);
+    }
     let failed = |err: serde_json::Error| {
         tracing::error!(%err, "a response could not be serialised");
         let body = json!({ "errors": [{ "message": "Something went wrong on our side.", "extensions": { "code": "INTERNAL" } }] });
@@ -961,10 +1013,18 @@ mod tests {
         let documents = Documents::new();
         let text = "query($id: ID!) { profile(ref: {id: $id}) { id } }";
         let mut first = Request::new(text);
-        let parsed = format!("{:?}", documents.parse(&mut first).unwrap());
+        let parsed = documents.parse(&mut first).unwrap();
         assert!(documents.0.contains_key(text));
+        assert_eq!(
+            format!("{:?}", first.parsed_query().unwrap()),
+            format!("{:?}", parsed.document)
+        );
         let mut again = Request::new(text);
-        assert_eq!(format!("{:?}", documents.parse(&mut again).unwrap()), parsed);
+        assert!(Arc::ptr_eq(&documents.parse(&mut again).unwrap(), &parsed));
+        assert_eq!(
+            format!("{:?}", again.parsed_query().unwrap()),
+            format!("{:?}", parsed.document)
+        );
         let mut broken = Request::new("{ profile(");
         assert!(documents.parse(&mut broken).is_err());
         assert!(!documents.0.contains_key("{ profile("));

@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
+use async_graphql::ValidationMode;
 use async_graphql::http::GraphiQLSource;
 use axum::Router;
 use axum::extract::Request;
@@ -100,6 +101,10 @@ impl fmt::Display for RequestId {
 /// What every handler shares, behind one `Arc` (axum clones the state for every request).
 pub(crate) struct AppState {
     schema: AppSchema,
+    /// The same schema with async-graphql's validation cut to what depends on no document
+    /// (`ValidationMode::Fast`), for documents the full validation accepted before whose
+    /// variables surely pass ([`graphql::Documents`]).
+    validated_schema: AppSchema,
     store: Store,
     keys: Keys,
     idempotency: IdempotencyKeys,
@@ -116,10 +121,13 @@ pub(crate) struct AppState {
 pub fn router(store: Store, config: EdgeConfig) -> crate::error::Result<Router> {
     // No extension: with any at all, async-graphql builds resolve info (type names formatted
     // anew) for every field and list item, which cost a read a quarter of its CPU time.
-    let mut schema = crate::schema();
-    if !config.introspection {
-        schema = schema.disable_introspection().disable_suggestions();
-    }
+    let schema = |validation| {
+        let mut schema = crate::schema().validation_mode(validation);
+        if !config.introspection {
+            schema = schema.disable_introspection().disable_suggestions();
+        }
+        schema.data(store.clone()).finish()
+    };
     let index = SchemaIndex::new(&crate::sdl()).map_err(|err| crate::error::Error::Internal(Box::new(err)))?;
     let mut graphiql = GraphiQLSource::build()
         .endpoint("/graphql")
@@ -131,7 +139,8 @@ pub fn router(store: Store, config: EdgeConfig) -> crate::error::Result<Router> 
     // Every replica's changes: for subscribers here, and to forget kept profiles they changed.
     store.listen();
     let state = Arc::new(AppState {
-        schema: schema.data(store.clone()).finish(),
+        schema: schema(ValidationMode::Strict),
+        validated_schema: schema(ValidationMode::Fast),
         store: store.clone(),
         keys: Keys::cached(store.clone(), config.api_key_cache),
         idempotency: IdempotencyKeys::new(store, config.limits.request_timeout()),

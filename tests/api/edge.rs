@@ -113,6 +113,60 @@ async fn request_errors_are_400_without_data_in_the_graphql_response_type_and_20
 }
 
 #[tokio::test]
+async fn a_document_validated_before_answers_bad_variables_as_a_new_document_does() {
+    let app = TestApp::sqlite().await;
+    let id = app.create(json!({})).await["id"].as_str().unwrap().to_owned();
+    let update =
+        "mutation($id: ID!, $u: ProfileUpdate!) { updateProfile(ref: {id: $id}, update: $u) { profile { version } } }";
+    let list = "query($n: Int!, $f: ProfileFilter) { profiles(first: $n, filter: $f) { totalCount } }";
+    // Each document once with good variables: from then on the server knows it is valid.
+    let version = app.ok(update, json!({"id": id, "u": {"scrip": {"tags": ["a"]}}})).await["updateProfile"]["profile"]
+        ["version"]
+        .clone();
+    app.ok(list, json!({"n": 5, "f": {"tag": "a"}})).await;
+    let bad = [
+        (update, json!({"id": id, "u": {"scrip": {"tags": [1]}}})),
+        (update, json!({"id": id, "u": {"scrip": {"tags": ["a"]}, "spruce": {}}})),
+        (update, json!({"id": id, "u": {"scrip": {"nope": 1}}})),
+        (update, json!({"id": id, "u": {}})),
+        (update, json!({"id": id, "u": null})),
+        (update, json!({"id": id})),
+        (update, json!({"id": true, "u": {"scrip": {}}})),
+        (list, json!({"n": 2_147_483_648_i64})),
+        (list, json!({"n": "5"})),
+        (list, json!({"n": 5, "f": {"status": "GONE"}})),
+        (list, json!({"n": 5, "f": "vip"})),
+    ];
+    let answer = |query: String, variables: &Value| {
+        let request = json!({"query": query, "variables": variables}).to_string();
+        let app = &app;
+        async move {
+            let (status, _, mut body) = json_of(
+                app.send(&request, Some("application/json"), Some(GRAPHQL_RESPONSE))
+                    .await,
+            )
+            .await;
+            body["extensions"].as_object_mut().unwrap().remove("requestId");
+            (status, body)
+        }
+    };
+    for (n, (query, variables)) in bad.iter().enumerate() {
+        let known = answer(query.to_string(), variables).await;
+        // With a comment added, the document is new to the server, so validated in full.
+        let new = answer(format!("{query}\n# {n}"), variables).await;
+        assert!(known.1["errors"].is_array(), "{variables}: {known:?}");
+        assert_eq!(known, new, "{variables}");
+    }
+    let data = app
+        .ok(
+            "query($id: ID!) { profile(ref: {id: $id}) { version } }",
+            json!({"id": id}),
+        )
+        .await;
+    assert_eq!(data["profile"]["version"], version);
+}
+
+#[tokio::test]
 async fn a_post_that_is_not_json_is_415_and_runs_nothing() {
     let app = TestApp::sqlite().await;
     for content_type in [
