@@ -101,9 +101,9 @@ impl fmt::Display for RequestId {
 /// What every handler shares, behind one `Arc` (axum clones the state for every request).
 pub(crate) struct AppState {
     schema: AppSchema,
-    /// The same schema with async-graphql's validation cut to what depends on no document
-    /// (`ValidationMode::Fast`), for documents the full validation accepted before whose
-    /// variables surely pass ([`graphql::Documents`]).
+    /// The same schema with async-graphql's validation cut to its few cheap rules
+    /// (`ValidationMode::Fast`), for documents the full validation accepted before, sent
+    /// with variables that surely pass ([`graphql::Documents`]).
     validated_schema: AppSchema,
     store: Store,
     keys: Keys,
