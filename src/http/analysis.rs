@@ -133,13 +133,27 @@ pub fn select<'a>(document: &'a ExecutableDocument, operation_name: Option<&str>
     }
 }
 
-/// Checks `operation` of `document` against `limits` and the @oneOf variable rule.
+/// Checks `operation` of `document` against `limits` and the @oneOf variable rule, and the
+/// lists in `variables` against `limits`: [`analyze_operation`], then [`check_variables`].
 pub fn analyze(
     index: &SchemaIndex,
     limits: &Limits,
     document: &ExecutableDocument,
     operation: &OperationDefinition,
     variables: &Variables,
+) -> Result<Analysis, Refusal> {
+    let analysis = analyze_operation(index, limits, document, operation)?;
+    check_variables(limits, variables)?;
+    Ok(analysis)
+}
+
+/// Checks `operation` of `document` against `limits` and the @oneOf variable rule: what depends
+/// on the document alone, not on the request's variables.
+pub fn analyze_operation(
+    index: &SchemaIndex,
+    limits: &Limits,
+    document: &ExecutableDocument,
+    operation: &OperationDefinition,
 ) -> Result<Analysis, Refusal> {
     let root_type = match operation.ty {
         OperationType::Query => "Query",
@@ -164,6 +178,14 @@ pub fn analyze(
         ));
     }
     walk.selection_set(&operation.selection_set.node, Some(root_type), 1)?;
+    Ok(Analysis {
+        kind: operation.ty,
+        root_fields,
+    })
+}
+
+/// Checks the lists in `variables` against `limits`.
+pub fn check_variables(limits: &Limits, variables: &Variables) -> Result<(), Refusal> {
     for value in variables.values() {
         if longest_list(value) > limits.max_input_list {
             return Err(Refusal::limit(
@@ -172,10 +194,7 @@ pub fn analyze(
             ));
         }
     }
-    Ok(Analysis {
-        kind: operation.ty,
-        root_fields,
-    })
+    Ok(())
 }
 
 /// Whether a request's validation vouches for its whole document: the document holds this one

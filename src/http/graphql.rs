@@ -12,12 +12,13 @@
 //! - Before anything executes: the API key (401), the body size (413, read at most that far),
 //!   the limits (400 with a specific code), and the key's scope (FORBIDDEN).
 
-use std::sync::Arc;
+use std::borrow::Cow;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use async_graphql::ErrorExtensions;
 use async_graphql::http::ALL_WEBSOCKET_PROTOCOLS;
-use async_graphql::parser::types::{ExecutableDocument, OperationType};
+use async_graphql::parser::types::{DocumentOperations, ExecutableDocument, OperationDefinition, OperationType};
 use async_graphql::{Request, Variables};
 use async_graphql_axum::{GraphQLProtocol, GraphQLWebSocket};
 use axum::Extension as RequestExtension;
@@ -32,7 +33,9 @@ use futures::stream::BoxStream;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde_json::{Value, json};
 
-use super::analysis::{Refusal, analyze, select, variables_surely_valid, vouches};
+use super::analysis::{
+    Analysis, Refusal, analyze, analyze_operation, check_variables, select, variables_surely_valid, vouches,
+};
 use super::{AppState, RequestId};
 use crate::auth::{Principal, Scope};
 use crate::error::Code;
@@ -167,9 +170,13 @@ const CACHED_DOCUMENT_BYTES: u64 = 1024 * 1024;
 #[derive(Clone)]
 pub(crate) struct Documents(moka::sync::Cache<String, Arc<Parsed>>);
 
-/// A parsed document, and whether async-graphql's full validation has accepted it.
+/// A parsed document, what [`analyze_operation`] found in it, and whether async-graphql's full
+/// validation has accepted it.
 pub(crate) struct Parsed {
     document: ExecutableDocument,
+    /// The analysis of the document's operation, when it has only one (which every request
+    /// with the document then selects); it depends on the document and the limits alone.
+    analysis: OnceLock<Result<Analysis, Refusal>>,
     /// Set once a request that [`vouches`](super::analysis::vouches) for the whole document
     /// passed the full validation: from then on only its variables need checking.
     validated: AtomicBool,
@@ -178,6 +185,15 @@ pub(crate) struct Parsed {
 impl Parsed {
     fn validated(&self) -> bool {
         self.validated.load(Ordering::Relaxed)
+    }
+
+    /// [`analyze_operation`] of `operation`, kept when it is the document's only one.
+    fn analyze(&self, state: &AppState, operation: &OperationDefinition) -> Cow<'_, Result<Analysis, Refusal>> {
+        let analyze = || analyze_operation(&state.index, &state.limits, &self.document, operation);
+        match &self.document.operations {
+            DocumentOperations::Multiple(operations) if operations.len() > 1 => Cow::Owned(analyze()),
+            _ => Cow::Borrowed(self.analysis.get_or_init(analyze)),
+        }
     }
 }
 
@@ -199,6 +215,7 @@ impl Documents {
             None => {
                 let parsed = Arc::new(Parsed {
                     document: async_graphql::parser::parse_query(&request.query)?,
+                    analysis: OnceLock::new(),
                     validated: AtomicBool::new(false),
                 });
                 self.0.insert(request.query.clone(), parsed.clone());
@@ -831,7 +848,12 @@ async fn run(
             ));
             continue;
         };
-        let analysis = match analyze(&state.index, limits, document, operation, variables) {
+        let analyzed = parsed.analyze(state, operation);
+        let checked = match &*analyzed {
+            Ok(analysis) => check_variables(limits, variables).map(|()| analysis),
+            Err(refusal) => Err(refusal.clone()),
+        };
+        let analysis = match checked {
             Ok(analysis) => analysis,
             Err(Refusal::Limit { code, message }) => {
                 return Refuse::new(StatusCode::BAD_REQUEST, code, message).into_response(media, request_id);

@@ -318,6 +318,13 @@ async fn limits_refuse_before_execution_with_400_and_their_own_code() {
         }
     }
     assert_eq!(app.profile_count().await, 0);
+    // What a document holds is checked once; the lists in its variables, on every request.
+    let groups = "mutation($t: [String!]) { createProfile(input: {groups: $t}) { id } }";
+    app.ok(groups, json!({"t": ["a"]})).await;
+    let too_long = json!({"query": groups, "variables": {"t": many_tags}}).to_string();
+    let (status, _, response) = json_of(app.send(&too_long, Some("application/json"), None).await).await;
+    assert_eq!((status, code(&response)), (400, "INPUT_LIST_TOO_LONG"), "{response}");
+    assert_eq!(app.profile_count().await, 1);
     // A batch of queries within the limits runs.
     let (status, _, response) = json_of(
         app.send(
