@@ -18,7 +18,7 @@ use std::sync::{Arc, OnceLock};
 
 use async_graphql::ErrorExtensions;
 use async_graphql::http::ALL_WEBSOCKET_PROTOCOLS;
-use async_graphql::parser::types::{DocumentOperations, ExecutableDocument, OperationDefinition, OperationType};
+use async_graphql::parser::types::{ExecutableDocument, OperationDefinition, OperationType};
 use async_graphql::{Request, Variables};
 use async_graphql_axum::{GraphQLProtocol, GraphQLWebSocket};
 use axum::Extension as RequestExtension;
@@ -34,7 +34,8 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde_json::{Value, json};
 
 use super::analysis::{
-    Analysis, Refusal, analyze, analyze_operation, check_variables, select, variables_surely_valid, vouches,
+    Analysis, Refusal, analyze, analyze_operation, check_variables, has_one_operation, select, variables_surely_valid,
+    vouches,
 };
 use super::{AppState, RequestId};
 use crate::auth::{Principal, Scope};
@@ -190,9 +191,10 @@ impl Parsed {
     /// [`analyze_operation`] of `operation`, kept when it is the document's only one.
     fn analyze(&self, state: &AppState, operation: &OperationDefinition) -> Cow<'_, Result<Analysis, Refusal>> {
         let analyze = || analyze_operation(&state.index, &state.limits, &self.document, operation);
-        match &self.document.operations {
-            DocumentOperations::Multiple(operations) if operations.len() > 1 => Cow::Owned(analyze()),
-            _ => Cow::Borrowed(self.analysis.get_or_init(analyze)),
+        if has_one_operation(&self.document) {
+            Cow::Borrowed(self.analysis.get_or_init(analyze))
+        } else {
+            Cow::Owned(analyze())
         }
     }
 }
@@ -239,7 +241,7 @@ enum Validation {
 /// validation, variables, no such operation), which the spec answers with no `data` and
 /// 4xx. Execution gives `data`, unless a non-null root field failed, and then that field's
 /// error has a path; the errors of a request that never ran have none.
-fn executed(response: &async_graphql::Response) -> bool {
+pub(super) fn executed(response: &async_graphql::Response) -> bool {
     response.data != async_graphql::Value::Null || response.errors.iter().any(|error| !error.path.is_empty())
 }
 
