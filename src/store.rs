@@ -116,6 +116,13 @@ impl Parts {
         groups: true,
         custom: true,
     };
+    /// None of the parts: the id, serial number, status, version, times and tags only.
+    pub const NONE: Self = Self {
+        fields: false,
+        attributes: false,
+        groups: false,
+        custom: false,
+    };
     /// The profile's row (its standard fields and attributes too) and its tags.
     pub const ROW: Self = Self {
         fields: true,

@@ -450,9 +450,7 @@ mod tests {
                 Some(("tags", key)) => p.tags.get(key).map_or(Value::Null, |value| json!({ "value": value })),
                 Some(("customFields", key)) => p.custom.get(key).map_or(Value::Null, |value| json!(value)),
                 _ if name == "groups" => json!(p.groups),
-                _ => Field::ALL
-                    .into_iter()
-                    .find(|field| field.name() == name)
+                _ => Field::named(name)
                     .and_then(|field| p.fields.get(&field))
                     .map_or(Value::Null, Scalar::to_json),
             };

@@ -145,6 +145,11 @@ impl Field {
         }
     }
 
+    /// The field whose canonical name is `name`.
+    pub fn named(name: &str) -> Option<Field> {
+        Field::ALL.into_iter().find(|field| field.name() == name)
+    }
+
     /// Longest text this field holds, in characters.
     pub fn max_chars(self) -> usize {
         match self {

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use async_graphql::{
     Context, Enum, ErrorExtensions, ID, InputObject, Json, Lookahead, Object, OneofObject, Result, ResultExt,
-    SimpleObject,
+    SelectionField, SimpleObject,
 };
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
@@ -237,16 +237,26 @@ impl Profile {
     /// What of a profile to read for `selection`, the look-ahead of a field whose type is
     /// `Profile`: only the fields that show a part need it read (fragments count too).
     pub fn parts(selection: Lookahead<'_>) -> Parts {
-        let values = selection.field("values").exists();
-        Parts {
-            fields: values
-                || Field::ALL
-                    .into_iter()
-                    .any(|field| selection.field(field.name()).exists()),
-            attributes: selection.field("attributes").exists(),
-            groups: selection.field("groups").exists(),
-            custom: values || selection.field("customFields").exists(),
+        // One walk over the fields shown, rather than a look-ahead per name: a look-ahead walks
+        // the whole selection, and a profile has 25 standard fields.
+        let mut parts = Parts::NONE;
+        for field in selection
+            .selection_fields()
+            .iter()
+            .flat_map(SelectionField::selection_set)
+        {
+            match field.name() {
+                "values" => {
+                    parts.fields = true;
+                    parts.custom = true;
+                }
+                "customFields" => parts.custom = true,
+                "attributes" => parts.attributes = true,
+                "groups" => parts.groups = true,
+                name => parts.fields |= Field::named(name).is_some(),
+            }
         }
+        parts
     }
 
     /// The profile's standard fields, which [`Profile::parts`] reads when any is shown.
