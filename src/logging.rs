@@ -1,4 +1,5 @@
-//! The log's writer: lines go to stderr from a thread of their own, in batches.
+//! The log's writer: lines go to stderr from a thread of their own, in batches; and what a
+//! line costs to format ([`Fields`], [`Clock`]: see [`format`]).
 //!
 //! tracing-appender's non-blocking writer wakes its thread for every line: under load that
 //! is a futex wake, a context switch and a `write` per request, about 6% of a small read's
@@ -13,6 +14,9 @@ use std::time::Duration;
 
 use tracing::{Level, Metadata};
 use tracing_subscriber::fmt::MakeWriter;
+
+pub mod format;
+pub use format::{Clock, Fields};
 
 /// How long the first line of a batch waits for more before the batch is written.
 pub const BATCH_WINDOW: Duration = Duration::from_millis(25);
