@@ -1,5 +1,5 @@
 //! The log's writer: lines go to stderr from a thread of their own, in batches; and what a
-//! line costs to format ([`Fields`], [`Clock`]: see [`format`]).
+//! line costs to format ([`Lines`], [`Fields`], [`Clock`]: see [`format`]).
 //!
 //! tracing-appender's non-blocking writer wakes its thread for every line: under load that
 //! is a futex wake, a context switch and a `write` per request, about 6% of a small read's
@@ -16,7 +16,7 @@ use tracing::{Level, Metadata};
 use tracing_subscriber::fmt::MakeWriter;
 
 pub mod format;
-pub use format::{Clock, Fields};
+pub use format::{Clock, Fields, Lines};
 
 /// How long the first line of a batch waits for more before the batch is written.
 pub const BATCH_WINDOW: Duration = Duration::from_millis(25);

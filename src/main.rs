@@ -24,9 +24,10 @@ async fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
         .with_writer(log)
-        .fmt_fields(profile_gateway::logging::Fields)
-        .with_timer(profile_gateway::logging::Clock)
+        // Before `event_format`, which keeps it: only the default format's builder sets it.
         .with_ansi(std::io::stderr().is_terminal())
+        .event_format(profile_gateway::logging::Lines::new())
+        .fmt_fields(profile_gateway::logging::Fields)
         .init();
     match profile_gateway::cli::run(profile_gateway::cli::Cli::parse()).await {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -1,25 +1,102 @@
 //! What a log line costs to format: the same line as tracing-subscriber's default format, with
 //! less work where the server writes one for every request.
 //!
-//! The default format spent about 12k instructions on a request's span and its `request done`
+//! The default format spent about 14k instructions on a request's span and its `request done`
 //! line (callgrind, W1), a twelfth of a profile read. Most went to `core::fmt` plumbing that a
-//! line without colours does not need:
+//! line without colours does not need: every name, `=`, `{`, `:` and target went through a
+//! style that, without colours, writes nothing, each by a formatting call of its own.
 //!
-//! - [`Fields`] writes `name=value` for each field of a span or an event itself, where the
-//!   default paints every name and every `=` in a style that, without colours, writes nothing;
-//!   messages and errors it leaves to the default, which escapes what they hold. On a terminal,
-//!   where lines have colours, it formats as the default does throughout.
+//! - [`Lines`] writes each event's line (time, level, spans, target, fields) itself.
+//! - [`Fields`] writes `name=value` for each field of a span or an event itself; messages and
+//!   errors it leaves to the default, which escapes what they hold.
 //! - [`Clock`] writes the time as the default does (RFC 3339, UTC, microseconds), the date and
 //!   the second formatted once a second on each thread rather than field by field every line.
+//!
+//! On a terminal, where lines have colours, each formats as the default does throughout.
+//! Tests hold each to the default's output.
 
 use std::cell::RefCell;
 use std::fmt::{self, Write};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tracing::field::{Field, Visit};
+use tracing::{Event, Level, Subscriber};
+use tracing_log::NormalizeEvent;
 use tracing_subscriber::field::{MakeVisitor, VisitFmt, VisitOutput};
-use tracing_subscriber::fmt::format::{DefaultVisitor, Writer};
+use tracing_subscriber::fmt::format::{DefaultVisitor, Format, Full, Writer};
 use tracing_subscriber::fmt::time::FormatTime;
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields};
+use tracing_subscriber::registry::LookupSpan;
+
+/// Each event's line as tracing-subscriber's default `Full` format writes it with [`Clock`]'s
+/// time; give it to `tracing_subscriber::fmt().event_format(…)`.
+#[derive(Debug)]
+pub struct Lines {
+    /// The default, which writes lines with colours.
+    coloured: Format<Full, Clock>,
+}
+
+impl Lines {
+    pub fn new() -> Self {
+        Lines {
+            coloured: Format::default().with_timer(Clock),
+        }
+    }
+}
+
+impl Default for Lines {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<S, N> FormatEvent<S, N> for Lines
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(&self, ctx: &FmtContext<'_, S, N>, mut writer: Writer<'_>, event: &Event<'_>) -> fmt::Result {
+        if writer.has_ansi_escapes() {
+            return self.coloured.format_event(ctx, writer, event);
+        }
+        // A `log` record's own target and level, as the default shows them.
+        let normalized = event.normalized_metadata();
+        let meta = normalized.as_ref().unwrap_or_else(|| event.metadata());
+        if Clock.format_time(&mut writer).is_err() {
+            writer.write_str("<unknown time>")?;
+        }
+        writer.write_str(match *meta.level() {
+            Level::TRACE => " TRACE ",
+            Level::DEBUG => " DEBUG ",
+            Level::INFO => "  INFO ",
+            Level::WARN => "  WARN ",
+            Level::ERROR => " ERROR ",
+        })?;
+        if let Some(scope) = ctx.event_scope() {
+            let mut seen = false;
+            for span in scope.from_root() {
+                writer.write_str(span.metadata().name())?;
+                seen = true;
+                let extensions = span.extensions();
+                if let Some(fields) = extensions.get::<FormattedFields<N>>()
+                    && !fields.is_empty()
+                {
+                    writer.write_char('{')?;
+                    writer.write_str(fields)?;
+                    writer.write_char('}')?;
+                }
+                writer.write_char(':')?;
+            }
+            if seen {
+                writer.write_char(' ')?;
+            }
+        }
+        writer.write_str(meta.target())?;
+        writer.write_str(": ")?;
+        ctx.format_fields(writer.by_ref(), event)?;
+        writer.write_char('\n')
+    }
+}
 
 /// The fields of spans and events, formatted as tracing-subscriber's `DefaultFields` formats
 /// them; give it to `tracing_subscriber::fmt().fmt_fields(…)`.
@@ -252,36 +329,73 @@ mod tests {
         tracing::info!("");
     }
 
-    fn logged(ansi: bool, lean: bool) -> String {
+    /// What `events` logs: through the default's fields, or [`Fields`]; and through the
+    /// default's line without a time, or [`Lines`] with the time cut off each line.
+    fn logged(ansi: bool, fields: bool, lines: bool) -> String {
         let kept = Kept::default();
-        let builder = tracing_subscriber::fmt()
-            .with_writer(kept.clone())
-            .with_ansi(ansi)
-            .without_time();
-        if lean {
-            tracing::subscriber::with_default(builder.fmt_fields(Fields).finish(), events);
-        } else {
-            tracing::subscriber::with_default(builder.finish(), events);
+        let builder = tracing_subscriber::fmt().with_writer(kept.clone()).with_ansi(ansi);
+        let events = || {
+            events();
+            // A record of the `log` crate, which the default shows with the record's target.
+            let record = log::Record::builder()
+                .args(format_args!("from log"))
+                .level(log::Level::Warn)
+                .target("a_log_target")
+                .build();
+            tracing_log::format_trace(&record).unwrap();
+        };
+        match (fields, lines) {
+            (false, false) => tracing::subscriber::with_default(builder.without_time().finish(), events),
+            (true, false) => {
+                tracing::subscriber::with_default(builder.without_time().fmt_fields(Fields).finish(), events)
+            }
+            (false, true) => tracing::subscriber::with_default(builder.event_format(Lines::new()).finish(), events),
+            (true, true) => tracing::subscriber::with_default(
+                builder.event_format(Lines::new()).fmt_fields(Fields).finish(),
+                events,
+            ),
         }
-        kept.text()
+        let text = kept.text();
+        if !lines {
+            return text;
+        }
+        // Each line begins with the time and a space, dimmed on a terminal.
+        let (open, close) = if ansi { ("\x1b[2m", "\x1b[0m") } else { ("", "") };
+        let time = open.len() + "2026-12-03T08:30:12.345678Z".len() + close.len() + 1;
+        text.lines()
+            .map(|line| {
+                let (stamp, rest) = line.split_at(time);
+                assert!(
+                    stamp.starts_with(open) && stamp.ends_with(&format!("Z{close} ")),
+                    "{line}"
+                );
+                format!("{rest}\n")
+            })
+            .collect()
     }
 
     #[test]
-    fn fields_format_every_kind_of_field_as_the_default_fields_do() {
-        let default = logged(false, false);
+    fn fields_and_lines_format_every_kind_of_field_and_event_as_the_default_does() {
+        let default = logged(false, false, false);
         assert!(
             default.contains("request_id=00000000-0000-0000-0000-000000000000"),
             "{default}"
         );
         assert!(default.contains("\\x1b[2J"), "messages are escaped: {default}");
-        assert_eq!(logged(false, true), default);
+        assert!(default.contains(" WARN a_log_target: from log"), "{default}");
+        assert!(default.contains("ERROR "), "{default}");
+        assert_eq!(logged(false, true, false), default);
+        assert_eq!(logged(false, false, true), default);
+        assert_eq!(logged(false, true, true), default);
     }
 
     #[test]
-    fn fields_on_a_terminal_format_with_the_default_colours() {
-        let default = logged(true, false);
+    fn fields_and_lines_on_a_terminal_format_with_the_default_colours() {
+        let default = logged(true, false, false);
         assert!(default.contains('\x1b'), "{default}");
-        assert_eq!(logged(true, true), default);
+        assert_eq!(logged(true, true, false), default);
+        assert_eq!(logged(true, false, true), default);
+        assert_eq!(logged(true, true, true), default);
     }
 
     #[test]
