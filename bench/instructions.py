@@ -68,10 +68,14 @@ def stop(process):
 
 
 def measure(binary, workload, requests, warmup, server, database):
-    admin = server.rsplit("/", 1)[0] + "/postgres"
+    server, _, query = server.partition("?")
+    # As bench/run connects every contender: in plain TCP unless the URL says otherwise (TLS
+    # on loopback buys nothing and would be counted as the server's work).
+    query = "?" + (query or "sslmode=disable")
+    admin = server.rsplit("/", 1)[0] + "/postgres" + query
     subprocess.run(["psql", "-q", admin, "-c", f"DROP DATABASE IF EXISTS {database}",
                     "-c", f"CREATE DATABASE {database}"], check=True, stderr=subprocess.DEVNULL)
-    url = server.rsplit("/", 1)[0] + "/" + database
+    url = server.rsplit("/", 1)[0] + "/" + database + query
     quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
     subprocess.run([binary, "migrate", "--database-url", url], check=True, **quiet)
     key = subprocess.run([binary, "apikey", "create", "--tenant", "default", "--scope", "write",
