@@ -12,7 +12,9 @@ use crate::store::Parts;
 pub struct Subscription;
 
 /// A change of a profile, pushed to subscribers once it is committed.
+// Its fields are in memory and resolve one after another (see `super::types`).
 #[derive(SimpleObject)]
+#[graphql(serial)]
 pub struct ProfileChangeEvent {
     /// The id of the profile that changed.
     pub profile_id: ID,

@@ -1,4 +1,10 @@
 //! Output types, enums and shared inputs, written for clients rather than mirroring rows.
+//!
+//! Every object here resolves its fields one after another (`serial`): they are in memory,
+//! but for `Profile.history`, and async-graphql's concurrent resolution makes each field a
+//! task of a `FuturesUnordered` that is ready at once: 5k instructions of a profile read with
+//! three tags (callgrind, W1). Fields still resolve in the order the query selects them, and
+//! the items of a list concurrently.
 
 use std::sync::Arc;
 
@@ -106,6 +112,7 @@ pub struct CustomFieldInput {
 
 /// A tag of a profile.
 #[derive(SimpleObject, Debug, Clone)]
+#[graphql(serial)]
 pub struct Tag {
     /// The tag key, unique on the profile.
     pub key: String,
@@ -115,6 +122,7 @@ pub struct Tag {
 
 /// One custom field of the tenant with this profile's value.
 #[derive(SimpleObject, Debug, Clone)]
+#[graphql(serial)]
 pub struct CustomFieldValue {
     /// The custom field's name.
     pub name: String,
@@ -127,6 +135,7 @@ pub struct CustomFieldValue {
 
 /// A custom field the tenant defined.
 #[derive(SimpleObject, Debug, Clone)]
+#[graphql(serial)]
 pub struct CustomFieldDefinition {
     /// The field's name, as used in profileValues updates.
     pub name: String,
@@ -152,6 +161,7 @@ impl From<domain::CustomFieldDefinition> for CustomFieldDefinition {
 
 /// One canonical field an update changed.
 #[derive(SimpleObject, Debug, Clone)]
+#[graphql(serial)]
 pub struct FieldChange {
     /// The canonical name: `firstName`, `attributes.<key>`, `tags.<key>`, `groups` or
     /// `customFields.<name>`.
@@ -175,6 +185,7 @@ impl From<domain::FieldChange> for FieldChange {
 
 /// What `updateProfile` did, or would do with `dryRun`.
 #[derive(SimpleObject)]
+#[graphql(serial)]
 pub struct UpdateProfilePayload {
     /// The profile after the update (with `dryRun`, as it would be; nothing is stored).
     pub profile: Profile,
@@ -186,6 +197,7 @@ pub struct UpdateProfilePayload {
 
 /// The profile `deleteProfile` removed.
 #[derive(SimpleObject)]
+#[graphql(serial)]
 pub struct DeletedProfile {
     /// The id the profile had.
     pub id: ID,
@@ -193,6 +205,7 @@ pub struct DeletedProfile {
 
 /// Where a page of a list stands.
 #[derive(SimpleObject)]
+#[graphql(serial)]
 pub struct PageInfo {
     /// Whether more items follow this page.
     pub has_next_page: bool,
@@ -202,6 +215,7 @@ pub struct PageInfo {
 
 /// A profile with its cursor.
 #[derive(SimpleObject)]
+#[graphql(serial)]
 pub struct ProfileEdge {
     /// Pass as `after` to list the profiles that follow this one.
     pub cursor: String,
@@ -211,6 +225,7 @@ pub struct ProfileEdge {
 
 /// One page of profiles, oldest (lowest serial number) first.
 #[derive(SimpleObject)]
+#[graphql(serial)]
 pub struct ProfileConnection {
     /// The profiles of this page with their cursors.
     pub edges: Vec<ProfileEdge>,
@@ -286,6 +301,7 @@ const HISTORY_CURSOR: &str = "change";
 
 /// One applied change of a profile.
 #[derive(SimpleObject, Debug, Clone)]
+#[graphql(serial)]
 pub struct ProfileChangeRecord {
     /// The version the change produced.
     pub version: i32,
@@ -317,6 +333,7 @@ impl From<ChangeRecord> for ProfileChangeRecord {
 
 /// A change record with its cursor.
 #[derive(SimpleObject)]
+#[graphql(serial)]
 pub struct ProfileChangeRecordEdge {
     /// Pass as `after` to list the older records.
     pub cursor: String,
@@ -326,6 +343,7 @@ pub struct ProfileChangeRecordEdge {
 
 /// One page of a profile's history, newest first.
 #[derive(SimpleObject)]
+#[graphql(serial)]
 pub struct ProfileHistoryConnection {
     /// The records of this page with their cursors.
     pub edges: Vec<ProfileChangeRecordEdge>,
@@ -336,7 +354,7 @@ pub struct ProfileHistoryConnection {
 }
 
 /// One person's (or team's) canonical profile, whichever vendor dialect wrote it.
-#[Object]
+#[Object(serial)]
 impl Profile {
     /// The profile's id, a UUID assigned on create.
     async fn id(&self) -> ID {
