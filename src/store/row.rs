@@ -4,9 +4,10 @@
 //! error message that it then throws away; a profile has 25 optional columns, most of them
 //! NULL, and on a page of 50 profiles that was a tenth of the server's CPU. Here each column is
 //! read by its place in the SELECT list, which [`super::with_owned`] builds as the entity's
-//! columns in declaration order (NULL in place of those a read leaves out) followed by the
-//! owned parts, straight into the domain's [`Profile`]: through the same sqlx decoders SeaORM
-//! uses, or rusqlite's for the SQLite reads of [`super::direct`] ([`Cells`]).
+//! columns in declaration order (without the standard fields' when a read leaves them out:
+//! [`Shape`]) followed by the owned parts, straight into the domain's [`Profile`]: through the
+//! same sqlx decoders SeaORM uses, or rusqlite's for the SQLite reads of [`super::direct`]
+//! ([`Cells`]).
 
 use std::sync::LazyLock;
 
@@ -65,15 +66,55 @@ static FIELDS: LazyLock<Vec<(Field, usize, Kind)>> = LazyLock::new(|| {
         .collect()
 });
 
-/// A column's place in the row: `profile::Entity::find()` selects the columns in the order
-/// `Column::iter()` gives, which is their declaration order.
+/// A column's place in a row with every column: `profile::Entity::find()` selects the
+/// columns in the order `Column::iter()` gives, which is their declaration order.
 fn place(column: profile::Column) -> usize {
     column as usize
 }
 
-/// Every column a profile read returns, in order.
-fn names() -> impl Iterator<Item = &'static str> {
-    profile::Column::iter().map(|column| column.as_str()).chain(OWNED)
+/// Which columns of the profile row a read returns, and where: every column, or every column
+/// but the standard fields', in declaration order either way. [`decode`] tells the two apart
+/// by the row's width.
+#[derive(Debug)]
+struct Shape {
+    /// Whether the row holds the standard fields.
+    fields: bool,
+    /// Each column's place (by [`place`]), `None` for a column the shape leaves out.
+    places: Vec<Option<usize>>,
+    /// How many of the profile row's columns it holds: the owned parts follow them.
+    width: usize,
+}
+
+/// The shapes a profile read has.
+static SHAPES: LazyLock<[Shape; 2]> = LazyLock::new(|| [Shape::new(true), Shape::new(false)]);
+
+impl Shape {
+    fn new(fields: bool) -> Self {
+        let mut width = 0;
+        let places = profile::Column::iter()
+            .map(|column| {
+                (fields || !super::standard(column)).then(|| {
+                    width += 1;
+                    width - 1
+                })
+            })
+            .collect();
+        Self { fields, places, width }
+    }
+
+    /// Where `column` is. A column the shape leaves out has no place, and reading one is the
+    /// driver's error of a column out of range.
+    fn at(&self, column: profile::Column) -> usize {
+        self.places.get(place(column)).copied().flatten().unwrap_or(usize::MAX)
+    }
+
+    /// Every column a read of this shape returns, in order.
+    fn names(&self) -> impl Iterator<Item = &'static str> {
+        profile::Column::iter()
+            .filter(|column| self.fields || !super::standard(*column))
+            .map(|column| column.as_str())
+            .chain(OWNED)
+    }
 }
 
 impl FromQueryResult for Loaded {
@@ -183,21 +224,24 @@ impl Cells for rusqlite::Row<'_> {
 /// The profile read `row` holds.
 pub(super) fn decode(row: &impl Cells) -> Result<Loaded, Fault> {
     use profile::Column as C;
-    let width = profile::Column::iter().count();
-    if row.width() != width + OWNED.len() {
+    let Some(shape) = SHAPES.iter().find(|shape| shape.width + OWNED.len() == row.width()) else {
+        let [every, some] = SHAPES.each_ref().map(|shape| shape.width + OWNED.len());
         return Err(Fault::Value(format!(
-            "a profile read returned {} columns, not {}",
-            row.width(),
-            width + OWNED.len()
+            "a profile read returned {} columns, not {every} or {some}",
+            row.width()
         )));
-    }
+    };
     debug_assert!(
-        names().eq(row.names()),
+        shape.names().eq(row.names()),
         "a profile read's columns are not in the order decoding expects"
     );
-    let id: Uuid = row.cell(place(C::Id))?;
+    let id: Uuid = row.cell(shape.at(C::Id))?;
     let mut fields = std::collections::BTreeMap::new();
-    for &(field, index, kind) in FIELDS.iter() {
+    let standard = match shape.fields {
+        true => FIELDS.as_slice(),
+        false => &[],
+    };
+    for &(field, index, kind) in standard {
         let scalar = match kind {
             Kind::Text => row.cell::<Option<String>>(index)?.map(Scalar::Text),
             Kind::Flag => row.cell::<Option<bool>>(index)?.map(Scalar::Flag),
@@ -215,11 +259,11 @@ pub(super) fn decode(row: &impl Cells) -> Result<Loaded, Fault> {
             fields.insert(field, scalar);
         }
     }
-    let status: String = row.cell(place(C::Status))?;
+    let status: String = row.cell(shape.at(C::Status))?;
     let status =
         ProfileStatus::parse(&status).ok_or_else(|| Fault::Value(format!("profile {id} has status {status:?}")))?;
     // NULL when the read left the attributes out.
-    let attributes = match row.cell(place(C::Attributes))? {
+    let attributes = match row.cell(shape.at(C::Attributes))? {
         Some(Value::Object(map)) => map,
         None | Some(Value::Null) => Map::new(),
         Some(other) => return Err(Fault::Value(format!("profile {id} has attributes {other}"))),
@@ -227,21 +271,21 @@ pub(super) fn decode(row: &impl Cells) -> Result<Loaded, Fault> {
     Ok(Loaded {
         profile: Profile {
             id,
-            serial_number: row.cell(place(C::SerialNumber))?,
+            serial_number: row.cell(shape.at(C::SerialNumber))?,
             status,
             fields,
             attributes,
             tags: Default::default(),
             groups: Default::default(),
             custom: Default::default(),
-            version: row.cell(place(C::Version))?,
-            created_at: row.cell(place(C::CreatedAt))?,
-            updated_at: row.cell(place(C::UpdatedAt))?,
+            version: row.cell(shape.at(C::Version))?,
+            created_at: row.cell(shape.at(C::CreatedAt))?,
+            updated_at: row.cell(shape.at(C::UpdatedAt))?,
         },
-        owned_tags: row.cell(width)?,
-        owned_groups: row.cell(width + 1)?,
-        owned_custom: row.cell(width + 2)?,
-        definitions: row.cell(width + 3)?,
+        owned_tags: row.cell(shape.width)?,
+        owned_groups: row.cell(shape.width + 1)?,
+        owned_custom: row.cell(shape.width + 2)?,
+        definitions: row.cell(shape.width + 3)?,
     })
 }
 
@@ -254,6 +298,61 @@ mod tests {
         for (index, column) in profile::Column::iter().enumerate() {
             assert_eq!(place(column), index, "{}", column.as_str());
         }
+    }
+
+    #[test]
+    fn a_read_with_the_standard_fields_holds_every_column_in_its_place() {
+        let [every, _] = &*SHAPES;
+        assert!(every.fields);
+        assert_eq!(every.width, profile::Column::iter().count());
+        for column in profile::Column::iter() {
+            assert_eq!(every.at(column), place(column), "{}", column.as_str());
+        }
+    }
+
+    #[test]
+    fn a_read_without_the_standard_fields_holds_the_other_columns_in_their_order() {
+        let [_, some] = &*SHAPES;
+        assert!(!some.fields);
+        let kept: Vec<_> = profile::Column::iter()
+            .filter(|column| !super::super::standard(*column))
+            .collect();
+        assert_eq!(some.width, kept.len());
+        assert_eq!(kept.len() + Field::ALL.len(), profile::Column::iter().count());
+        for (index, column) in kept.into_iter().enumerate() {
+            assert_eq!(some.at(column), index, "{}", column.as_str());
+        }
+        assert_eq!(some.at(profile::Column::Email), usize::MAX);
+        assert!(some.names().all(|name| name != "email"));
+        assert!(some.names().any(|name| name == "attributes"));
+    }
+
+    /// A row of cells that are all NULL, `width` wide.
+    struct Blank(usize);
+
+    impl Cells for Blank {
+        fn width(&self) -> usize {
+            self.0
+        }
+        fn names(&self) -> Vec<&str> {
+            Vec::new()
+        }
+        fn cell<T: Cell>(&self, _: usize) -> Result<T, Fault> {
+            Err(Fault::Value("blank".into()))
+        }
+    }
+
+    #[test]
+    fn a_row_of_neither_shapes_width_is_an_error_that_names_both() {
+        let every = profile::Column::iter().count() + OWNED.len();
+        let some = every - Field::ALL.len();
+        let Err(Fault::Value(message)) = decode(&Blank(every + 1)) else {
+            panic!("a row one column too wide decoded");
+        };
+        assert_eq!(
+            message,
+            format!("a profile read returned {} columns, not {every} or {some}", every + 1)
+        );
     }
 
     #[test]
