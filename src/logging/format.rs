@@ -148,6 +148,20 @@ impl FieldsVisitor<'_> {
             .and_then(|()| value(writer));
     }
 
+    /// Records `field`: here as `name=` and what `value` writes when [`Self::writes`] it,
+    /// otherwise by the default's visitor, which `default` gives it.
+    fn record(
+        &mut self,
+        field: &Field,
+        value: impl FnOnce(&mut Writer<'_>) -> fmt::Result,
+        default: impl FnOnce(&mut DefaultVisitor<'_>),
+    ) {
+        match self.writes(field) {
+            true => self.write(field, value),
+            false => self.delegate(field, default),
+        }
+    }
+
     /// Lets the default's visitor record `field`, which `record` gives it, after the fields
     /// before.
     fn delegate(&mut self, field: &Field, record: impl FnOnce(&mut DefaultVisitor<'_>)) {
@@ -164,43 +178,43 @@ impl FieldsVisitor<'_> {
 
 impl Visit for FieldsVisitor<'_> {
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        if self.writes(field) {
-            self.write(field, |writer| write!(writer, "{value:?}"));
-        } else {
-            self.delegate(field, |default| default.record_debug(field, value));
-        }
+        self.record(
+            field,
+            |writer| write!(writer, "{value:?}"),
+            |default| default.record_debug(field, value),
+        );
     }
 
     fn record_str(&mut self, field: &Field, value: &str) {
-        if self.writes(field) {
-            self.write(field, |writer| write!(writer, "{value:?}"));
-        } else {
-            self.delegate(field, |default| default.record_str(field, value));
-        }
+        self.record(
+            field,
+            |writer| write!(writer, "{value:?}"),
+            |default| default.record_str(field, value),
+        );
     }
 
     fn record_u64(&mut self, field: &Field, value: u64) {
-        if self.writes(field) {
-            self.write(field, |writer| write!(writer, "{value}"));
-        } else {
-            self.delegate(field, |default| default.record_u64(field, value));
-        }
+        self.record(
+            field,
+            |writer| write!(writer, "{value}"),
+            |default| default.record_u64(field, value),
+        );
     }
 
     fn record_i64(&mut self, field: &Field, value: i64) {
-        if self.writes(field) {
-            self.write(field, |writer| write!(writer, "{value}"));
-        } else {
-            self.delegate(field, |default| default.record_i64(field, value));
-        }
+        self.record(
+            field,
+            |writer| write!(writer, "{value}"),
+            |default| default.record_i64(field, value),
+        );
     }
 
     fn record_bool(&mut self, field: &Field, value: bool) {
-        if self.writes(field) {
-            self.write(field, |writer| writer.write_str(if value { "true" } else { "false" }));
-        } else {
-            self.delegate(field, |default| default.record_bool(field, value));
-        }
+        self.record(
+            field,
+            |writer| writer.write_str(if value { "true" } else { "false" }),
+            |default| default.record_bool(field, value),
+        );
     }
 
     fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
