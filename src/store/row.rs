@@ -327,7 +327,7 @@ mod tests {
         assert!(some.names().any(|name| name == "attributes"));
     }
 
-    /// A row of cells that are all NULL, `width` wide.
+    /// A row `width` cells wide, none of which decodes.
     struct Blank(usize);
 
     impl Cells for Blank {
