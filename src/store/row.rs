@@ -108,11 +108,11 @@ impl Shape {
         self.places.get(place(column)).copied().flatten().unwrap_or(usize::MAX)
     }
 
-    /// Every column a read of this shape returns, in order.
+    /// Every column a read of this shape returns, in order: those with a place.
     fn names(&self) -> impl Iterator<Item = &'static str> {
         profile::Column::iter()
-            .filter(|column| self.fields || !super::standard(*column))
-            .map(|column| column.as_str())
+            .zip(&self.places)
+            .filter_map(|(column, place)| place.map(|_| column.as_str()))
             .chain(OWNED)
     }
 }
