@@ -189,6 +189,13 @@ fn standard(wanted: profile::Column) -> bool {
         .any(|field| column(field) as usize == wanted as usize)
 }
 
+/// Whether the row of a read that reads the standard fields or not (`fields`) has `wanted`'s
+/// column: [`with_owned`] leaves the standard fields' columns out of a read without them,
+/// and `row::Shape` finds the columns where this puts them.
+fn selected(fields: bool, wanted: profile::Column) -> bool {
+    fields || !standard(wanted)
+}
+
 /// Who makes a change, as its history record names them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Actor {
@@ -1389,10 +1396,10 @@ fn with_owned(backend: DbBackend, parts: Parts, definitions: bool) -> Select<pro
     // Leaving the 25 standard columns out, rather than selecting NULL in their place, spares
     // the database and the driver a cell each; the row has one of two shapes (`row::Shape`).
     let row = profile::Column::iter().fold(profile::Entity::find().select_only(), |select, column| {
-        match (parts.reads(column), standard(column)) {
-            (true, _) => select.column(column),
-            (false, true) => select,
-            (false, false) => select.expr_as(Expr::cust("NULL"), column.as_str()),
+        match (selected(parts.fields, column), parts.reads(column)) {
+            (false, _) => select,
+            (true, true) => select.column(column),
+            (true, false) => select.expr_as(Expr::cust("NULL"), column.as_str()),
         }
     });
     let part = |wanted: bool, subquery: &'static str| Expr::cust(if wanted { subquery } else { sql.null });

@@ -93,7 +93,7 @@ impl Shape {
         let mut width = 0;
         let places = profile::Column::iter()
             .map(|column| {
-                (fields || !super::standard(column)).then(|| {
+                super::selected(fields, column).then(|| {
                     width += 1;
                     width - 1
                 })
