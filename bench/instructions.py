@@ -7,11 +7,13 @@ repeat to within a fraction of a percent, so two builds can be compared by one r
     bench/instructions.py target/release/profile-gateway /tmp/other-build --requests 1000
 
 For each binary and workload (W1: a profile read; W2: a scrip update of two attribute keys
-and the tags), it makes a fresh PostgreSQL database, seeds 200 profiles through the server,
-starts the server again under callgrind with counting off, sends a warm-up, turns counting on,
-sends the requests one after another on one kept-alive connection, stops the server
-and prints the instructions counted (every thread of the server; not the kernel's work) divided
-by the requests. It needs valgrind (Debian's package) and psql; it asserts nothing.
+and the tags; W4: the first 50 profiles with their tags), it makes a fresh PostgreSQL
+database, seeds 200 profiles through the server, starts the server again under callgrind with
+counting off, sends a warm-up, turns counting on, sends the requests one after another on one
+kept-alive connection, stops the server and prints the instructions counted (every thread of
+the server; not the kernel's work) divided by the requests. With --keep DIR it keeps each
+count's callgrind file there, named by binary and workload, for callgrind_annotate. It needs
+valgrind (Debian's package) and psql; it asserts nothing.
 """
 
 import argparse
@@ -28,6 +30,7 @@ import time
 W1 = "query($id: ID!) { profile(ref: {id: $id}) { id tags { key value } attributes } }"
 W2 = ("mutation($id: ID!, $u: ProfileUpdate!) { updateProfile(ref: {id: $id}, update: $u) "
       "{ profile { id version } } }")
+W4 = "{ profiles(first: 50) { nodes { id tags { key value } } } }"
 CREATE = "mutation($i: CreateProfileInput!) { createProfile(input: $i) { id } }"
 PORT = 18_181
 
@@ -67,7 +70,7 @@ def stop(process):
     process.wait(timeout=120)
 
 
-def measure(binary, workload, requests, warmup, server, database):
+def measure(binary, workload, requests, warmup, server, database, keep):
     server, _, query = server.partition("?")
     # As bench/run connects every contender: in plain TCP unless the URL says otherwise (TLS
     # on loopback buys nothing and would be counted as the server's work).
@@ -107,6 +110,9 @@ def measure(binary, workload, requests, warmup, server, database):
             id = pick.choice(ids)
             if workload == "w1":
                 client.graphql(W1, {"id": id})
+            elif workload == "w4":
+                if len(client.graphql(W4, {})["profiles"]["nodes"]) != 50:
+                    sys.exit("bench/instructions.py: a page did not hold 50 profiles")
             else:
                 update = {"scrip": {"attributes": {"plan": "pro", "visits": n}, "tags": ["a", f"b{n % 5}"]}}
                 client.graphql(W2, {"id": id, "u": update})
@@ -121,6 +127,10 @@ def measure(binary, workload, requests, warmup, server, database):
         stop(process)
         with open(out) as counts:
             total = next(int(line.split()[1]) for line in counts if line.startswith("summary:"))
+        if keep:
+            os.makedirs(keep, exist_ok=True)
+            name = os.path.abspath(binary).strip("/").replace("/", "_") + f"-{workload}.callgrind"
+            os.replace(out, os.path.join(keep, name))
     subprocess.run(["psql", "-q", admin, "-c", f"DROP DATABASE IF EXISTS {database}"], check=True,
                    stderr=subprocess.DEVNULL)
     return total / requests
@@ -129,19 +139,24 @@ def measure(binary, workload, requests, warmup, server, database):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("binaries", nargs="+", help="profile-gateway binaries to count")
-    parser.add_argument("--workloads", default="w1,w2", help="w1, w2 or both (default)")
+    parser.add_argument("--workloads", default="w1,w2",
+                        help="comma-separated, of w1, w2 and w4 (default: w1,w2)")
     parser.add_argument("--requests", type=int, default=1000, help="requests counted per workload (1000)")
     parser.add_argument("--warmup", type=int, default=200, help="requests sent before counting (200)")
     parser.add_argument("--postgres-url", default=os.environ.get(
         "BENCH_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/test"),
         help="a server on which a database may be made and dropped")
+    parser.add_argument("--keep", metavar="DIR", help="keep the callgrind files in DIR")
     args = parser.parse_args()
+    workloads = args.workloads.split(",")
+    if unknown := set(workloads) - {"w1", "w2", "w4"}:
+        parser.error(f"unknown workloads: {', '.join(sorted(unknown))}")
     print("| binary | workload | instructions per request |")
     print("|---|---|---:|")
     for binary in args.binaries:
-        for workload in args.workloads.split(","):
+        for workload in workloads:
             per_request = measure(binary, workload, args.requests, args.warmup, args.postgres_url,
-                                  "bench_instructions")
+                                  "bench_instructions", args.keep)
             print(f"| {binary} | {workload.upper()} | {per_request:,.0f} |", flush=True)
 
 

@@ -1606,35 +1606,11 @@ impl Loaded {
 
     fn into_profile(self, custom_fields: &[CustomFieldDefinition]) -> Result<Profile> {
         let mut profile = self.profile;
-        for tag in json_rows(self.owned_tags, "tags")? {
-            match tag {
-                serde_json::Value::Array(pair) => match <[serde_json::Value; 2]>::try_from(pair) {
-                    Ok([serde_json::Value::String(key), value]) => {
-                        let value = match value {
-                            serde_json::Value::String(value) => Some(value),
-                            _ => None,
-                        };
-                        profile.tags.insert(key, value);
-                    }
-                    _ => return Err(internal("a tag row is not [key, value]")),
-                },
-                _ => return Err(internal("a tag row is not an array")),
-            }
+        profile.tags.extend(self.owned_tags.0);
+        if let Some(groups) = self.owned_groups {
+            profile.groups.extend(groups.0);
         }
-        let groups = self.owned_groups.map(|groups| json_rows(groups, "groups"));
-        for group in groups.transpose()?.unwrap_or_default() {
-            let serde_json::Value::String(name) = group else {
-                return Err(internal("a group row is not a string"));
-            };
-            profile.groups.insert(name);
-        }
-        let custom = self.owned_custom.map(|custom| json_rows(custom, "custom values"));
-        for value in custom.transpose()?.unwrap_or_default() {
-            let Ok([serde_json::Value::String(field_id), serde_json::Value::String(value)]) =
-                <[serde_json::Value; 2]>::try_from(as_array(value)?)
-            else {
-                return Err(internal("a custom value row is not [field id, value]"));
-            };
+        for (field_id, value) in self.owned_custom.map(|custom| custom.0).unwrap_or_default() {
             let field_id = Uuid::parse_str(&field_id).map_err(internal)?;
             if let Some(field) = custom_fields.iter().find(|field| field.id == field_id) {
                 profile.custom.insert(field.name.clone(), value);
