@@ -39,7 +39,7 @@
 //! `NOTIFY` of its own, sent after the commit, see there why). A change that rolls back leaves
 //! neither.
 
-use std::sync::{Arc, LazyLock};
+use std::sync::{Arc, LazyLock, OnceLock};
 use std::time::{Duration, Instant};
 
 use tokio::sync::MutexGuard;
@@ -260,8 +260,9 @@ const CONTENDED_FOR: Duration = Duration::from_secs(1);
 /// a lost race.
 const MAX_CONTENDED: u64 = 1_000;
 
-/// Connections that profile reads and updates keep on PostgreSQL ([`held`]), besides the pool
-/// under the store's `DatabaseConnection`, which serves everything else.
+/// Connections that profile reads, pages of profiles without their count and updates keep on
+/// PostgreSQL ([`held`]), besides the pool under the store's `DatabaseConnection`, which
+/// serves everything else.
 const HELD_CONNECTIONS: usize = 10;
 
 /// Connections that profile reads open on a SQLite database's file ([`direct`]). They run on
@@ -290,9 +291,9 @@ struct HotProfile {
 #[derive(Debug, Clone)]
 pub struct Store {
     db: DatabaseConnection,
-    /// When `db` is PostgreSQL, the connections that profile reads and updates keep between
-    /// requests, opened through its pool ([`held`]): an update holds one for its read and its
-    /// write (see [`Store::update`]).
+    /// When `db` is PostgreSQL, the connections that profile reads (single and by the page,
+    /// without a count) and updates keep between requests, opened through its pool ([`held`]):
+    /// an update holds one for its read and its write (see [`Store::update`]).
     postgres: Option<Held>,
     /// The pool under `db` when it is SQLite's: an update that cannot run on the [`direct`]
     /// writer holds one of its connections from its `BEGIN` to its `COMMIT` (see
@@ -459,52 +460,30 @@ impl Store {
             Some(tx) => DatabaseExecutor::Transaction(tx),
             None => DatabaseExecutor::Connection(&self.db),
         };
-        let mut condition = Condition::all().add(profile::Column::TenantId.eq(tenant.0));
-        if let Some(status) = filter.status {
-            condition = condition.add(profile::Column::Status.eq(status.as_str()));
-        }
-        if let Some(tag) = &filter.tag {
-            condition = condition.add(
-                profile::Column::Id.in_subquery(
-                    sea_orm::sea_query::Query::select()
-                        .column(profile_tag::Column::ProfileId)
-                        .from(profile_tag::Entity)
-                        .and_where(profile_tag::Column::Key.eq(tag.as_str()))
-                        .to_owned(),
-                ),
-            );
-        }
-        if let Some(group) = &filter.group {
-            condition = condition.add(
-                profile::Column::Id.in_subquery(
-                    sea_orm::sea_query::Query::select()
-                        .column(profile_group::Column::ProfileId)
-                        .from(profile_group::Entity)
-                        .and_where(profile_group::Column::Name.eq(group.as_str()))
-                        .to_owned(),
-                ),
-            );
-        }
         let total_count = match count {
-            true => Some(profile::Entity::find().filter(condition.clone()).count(&conn).await?),
+            true => Some(
+                profile::Entity::find()
+                    .filter(page_condition(tenant, filter))
+                    .count(&conn)
+                    .await?,
+            ),
             false => None,
         };
-        if let Some(after) = after {
-            condition = condition.add(profile::Column::SerialNumber.gt(after));
-        }
-        let backend = self.db.get_database_backend();
-        let page = with_owned(backend, parts, false)
-            .filter(condition)
-            .order_by_asc(profile::Column::SerialNumber);
-        let page = limited(page, backend, first + 1);
-        // On SQLite, a page without its count is one statement on this process's own readers.
-        let direct = match tx {
-            None => self.direct().await?,
-            Some(_) => None,
-        };
-        let mut rows = match direct {
-            Some(direct) => direct.rows(&page).await?,
-            None => Loaded::find_by_statement(page).all(&conn).await?,
+        let page = page_statement(self.db.get_database_backend(), tenant, first + 1, after, filter, parts);
+        // A page without its count is one statement on a connection of the store's own: on
+        // SQLite this process's readers, on PostgreSQL a held connection, as a profile read's.
+        let mut rows = match (&tx, &self.postgres) {
+            (Some(_), _) => Loaded::find_by_statement(page).all(&conn).await?,
+            (None, Some(held)) => {
+                let mut conn = held.lend().await?;
+                let rows = load_all_postgres(&mut conn, page).await?;
+                conn.done();
+                rows
+            }
+            (None, None) => match self.direct().await? {
+                Some(direct) => direct.rows(&page).await?,
+                None => Loaded::find_by_statement(page).all(&conn).await?,
+            },
         };
         let has_next_page = rows.len() as u64 > first;
         rows.truncate(usize::try_from(first).unwrap_or(usize::MAX));
@@ -1410,6 +1389,112 @@ fn with_owned(backend: DbBackend, parts: Parts, definitions: bool) -> Select<pro
         .expr_as(part(parts.custom && definitions, sql.definitions), definitions_as)
 }
 
+/// Which of a tenant's profiles `filter` lets through.
+fn page_condition(tenant: TenantId, filter: &ProfileFilter) -> Condition {
+    let mut condition = Condition::all().add(profile::Column::TenantId.eq(tenant.0));
+    if let Some(status) = filter.status {
+        condition = condition.add(profile::Column::Status.eq(status.as_str()));
+    }
+    if let Some(tag) = &filter.tag {
+        condition = condition.add(
+            profile::Column::Id.in_subquery(
+                sea_orm::sea_query::Query::select()
+                    .column(profile_tag::Column::ProfileId)
+                    .from(profile_tag::Entity)
+                    .and_where(profile_tag::Column::Key.eq(tag.as_str()))
+                    .to_owned(),
+            ),
+        );
+    }
+    if let Some(group) = &filter.group {
+        condition = condition.add(
+            profile::Column::Id.in_subquery(
+                sea_orm::sea_query::Query::select()
+                    .column(profile_group::Column::ProfileId)
+                    .from(profile_group::Entity)
+                    .and_where(profile_group::Column::Name.eq(group.as_str()))
+                    .to_owned(),
+            ),
+        );
+    }
+    condition
+}
+
+/// The profiles that `filter` lets through after serial number `after`, with `parts`, in
+/// order: what [`page_statement`] runs, as SeaORM builds it.
+fn page_select(
+    backend: DbBackend,
+    tenant: TenantId,
+    after: Option<i64>,
+    filter: &ProfileFilter,
+    parts: Parts,
+) -> Select<profile::Entity> {
+    let mut condition = page_condition(tenant, filter);
+    if let Some(after) = after {
+        condition = condition.add(profile::Column::SerialNumber.gt(after));
+    }
+    with_owned(backend, parts, false)
+        .filter(condition)
+        .order_by_asc(profile::Column::SerialNumber)
+}
+
+/// [`page_select`]'s first `rows` as a statement. Its text is built once for each shape of
+/// page (the backend, which filters and whether `after` are given, the parts) rather than by
+/// SeaORM for every page, which cost more than decoding the page's 50 rows' tags; its values
+/// are bound in the order SeaORM binds them: tenant, status, tag, group, `after`, and on
+/// PostgreSQL the row count (SQLite's is in the text, see [`limited`]).
+fn page_statement(
+    backend: DbBackend,
+    tenant: TenantId,
+    rows: u64,
+    after: Option<i64>,
+    filter: &ProfileFilter,
+    parts: Parts,
+) -> Statement {
+    // Five things given or not (the backend is PostgreSQL or not) for each combination of parts.
+    const SHAPES: usize = Parts::COMBINATIONS << 5;
+    static TEXTS: LazyLock<Vec<OnceLock<String>>> = LazyLock::new(|| (0..SHAPES).map(|_| OnceLock::new()).collect());
+    // Only PostgreSQL and SQLite are served: no other driver is built in.
+    let postgres = backend == DbBackend::Postgres;
+    let given = [
+        postgres,
+        filter.status.is_some(),
+        filter.tag.is_some(),
+        filter.group.is_some(),
+        after.is_some(),
+    ];
+    let shape = given
+        .into_iter()
+        .fold(parts.index(), |index, given| index * 2 + usize::from(given));
+    let text = TEXTS[shape].get_or_init(|| {
+        // Any values of the same shape give the same text; SQLite's is taken without its
+        // `LIMIT`, which goes into the text below.
+        let filter = ProfileFilter {
+            status: filter.status.map(|_| ProfileStatus::Active),
+            tag: filter.tag.as_ref().map(|_| String::new()),
+            group: filter.group.as_ref().map(|_| String::new()),
+        };
+        let select = page_select(backend, TenantId(Uuid::nil()), after.map(|_| 0), &filter, parts);
+        match postgres {
+            true => limited(select, backend, 0).sql,
+            false => select.build(backend).sql,
+        }
+    });
+    let mut values = vec![Value::from(tenant.0)];
+    values.extend(filter.status.map(|status| Value::from(status.as_str())));
+    values.extend(filter.tag.as_deref().map(Value::from));
+    values.extend(filter.group.as_deref().map(Value::from));
+    values.extend(after.map(Value::from));
+    let sql = match postgres {
+        true => {
+            values.push(Value::from(rows));
+            text.clone()
+        }
+        false => format!("{text} LIMIT {rows}"),
+    };
+    Statement::from_sql_and_values(backend, sql, values)
+}
+
 /// The profile `key` names with its tags and `parts` (custom values with the tenant's custom
 /// field definitions), in one statement; `lock` takes its row lock on PostgreSQL (see the
 /// module docs).
@@ -1437,6 +1522,14 @@ async fn load_postgres(
         Some(row) => Ok(Some(Loaded::from_query_result(&row, "")?)),
         None => Ok(None),
     }
+}
+
+/// The profiles `statement` reads (as [`with_owned`] selects them), on a PostgreSQL connection
+/// the caller holds.
+async fn load_all_postgres(conn: &mut PgConnection, statement: Statement) -> Result<Vec<Loaded>> {
+    let Statement { sql, values, .. } = statement;
+    let rows = bound(sql, values).fetch_all(conn).await.map_err(query_err)?;
+    Ok(rows.iter().map(row::decode).collect::<Result<_, _>>()?)
 }
 
 /// Runs `statement` on a PostgreSQL connection the caller holds, as SeaORM runs one on a
@@ -2028,6 +2121,31 @@ mod tests {
         let indices: Vec<usize> = Parts::every().map(Parts::index).collect();
         assert_eq!(indices, (0..Parts::COMBINATIONS).collect::<Vec<_>>());
         assert_eq!(Parts::ALL.index(), Parts::COMBINATIONS - 1);
+    }
+
+    #[test]
+    fn a_pages_statement_is_the_one_seaorm_builds_for_every_shape_of_page() {
+        let tenant = TenantId(Uuid::new_v4());
+        for backend in [DbBackend::Postgres, DbBackend::Sqlite] {
+            for parts in Parts::every() {
+                for given in 0..16_u8 {
+                    let filter = ProfileFilter {
+                        status: (given & 1 != 0).then_some(ProfileStatus::Suspended),
+                        tag: (given & 2 != 0).then(|| "vip".to_owned()),
+                        group: (given & 4 != 0).then(|| "it's".to_owned()),
+                    };
+                    let after = (given & 8 != 0).then_some(41);
+                    // Twice: the first builds the shape's text, the second takes it as built.
+                    for rows in [51, 3] {
+                        assert_eq!(
+                            page_statement(backend, tenant, rows, after, &filter, parts),
+                            limited(page_select(backend, tenant, after, &filter, parts), backend, rows),
+                            "{backend:?}, {parts:?}, {filter:?}, after {after:?}, {rows} rows"
+                        );
+                    }
+                }
+            }
+        }
     }
 
     #[test]

@@ -1,12 +1,14 @@
-//! PostgreSQL connections that profile reads and updates keep between requests.
+//! PostgreSQL connections that profile reads, pages of profiles and updates keep between
+//! requests.
 //!
 //! sqlx checks every connection that goes back to its pool with a round trip (`return_to_pool`
 //! pings it, and no option turns that off), so a read through the pool costs the database two
 //! round trips, and the server a wake-up more, where one would do. perf put it at about a
 //! tenth of the server's CPU per read. This pool keeps up to [`Held::new`]'s `size`
 //! connections of its own (opened as sqlx's pool opens its connections, then detached from it,
-//! so the pool's own connections all stay for everything else) and lends them to reads and
-//! updates in turn, the one used last first, with no round trip between two loans.
+//! so the pool's own connections all stay for everything else) and lends them to reads, pages
+//! without their count and updates in turn, the one used last first, with no round trip
+//! between two loans.
 //!
 //! sqlx's ping is there for connections whose use was cut short: a request cancelled in the
 //! middle of a statement, a failed statement, a transaction dropped without its `COMMIT`
