@@ -1,15 +1,11 @@
 use async_graphql::{Context, Object, Result, ResultExt};
 
-use super::types::{
-    CustomFieldDefinition, PageInfo, Profile, ProfileConnection, ProfileEdge, ProfileFilter, ProfileRef,
-};
+use super::types::{CustomFieldDefinition, Profile, ProfileConnection, ProfileFilter, ProfileRef};
 use super::{cursor, scope};
 use crate::store;
 
 /// Most profiles one page may hold.
 pub const MAX_PAGE_SIZE: i32 = 100;
-/// Profiles are paged by serial number.
-const CURSOR_KIND: &str = "profile";
 
 pub struct Query;
 
@@ -43,7 +39,7 @@ impl Query {
         let page_size = cursor::page_size(first, MAX_PAGE_SIZE).extend()?;
         let after = after
             .as_deref()
-            .map(|after| cursor::decode(CURSOR_KIND, after, "after"))
+            .map(|after| cursor::decode(Profile::CURSOR_KIND, after, "after"))
             .transpose()
             .extend()?;
         let filter = filter.unwrap_or_default();
@@ -61,24 +57,10 @@ impl Query {
             .list(tenant, page_size, after, &filter, parts, count)
             .await
             .extend()?;
-        let edges: Vec<ProfileEdge> = page
-            .profiles
-            .into_iter()
-            .map(|view| ProfileEdge {
-                cursor: cursor::encode(CURSOR_KIND, view.profile.serial_number),
-                node: Profile::from(view),
-            })
-            .collect();
         Ok(ProfileConnection {
-            page_info: PageInfo {
-                has_next_page: page.has_next_page,
-                end_cursor: edges.last().map(|edge| edge.cursor.clone()),
-            },
-            nodes: edges.iter().map(|edge| edge.node.clone()).collect(),
-            edges,
-            total_count: page
-                .total_count
-                .map_or(0, |count| i64::try_from(count).unwrap_or(i64::MAX)),
+            nodes: page.profiles.into_iter().map(Profile::from).collect(),
+            has_next_page: page.has_next_page,
+            total_count: page.total_count.map(|count| i64::try_from(count).unwrap_or(i64::MAX)),
         })
     }
 

@@ -111,13 +111,14 @@ pub struct CustomFieldInput {
 }
 
 /// A tag of a profile.
+// Borrowed from the profile that shows it: a page of 50 profiles has 150 tags or more.
 #[derive(SimpleObject, Debug, Clone)]
 #[graphql(serial)]
-pub struct Tag {
+pub struct Tag<'a> {
     /// The tag key, unique on the profile.
-    pub key: String,
+    pub key: &'a str,
     /// The tag value; null for a tag without one (as the loyalty dialect writes them).
-    pub value: Option<String>,
+    pub value: Option<&'a str>,
 }
 
 /// One custom field of the tenant with this profile's value.
@@ -213,28 +214,61 @@ pub struct PageInfo {
     pub end_cursor: Option<String>,
 }
 
+/// A profile of a page with its cursor, made as a client selects it.
+pub struct ProfileEdge<'a>(&'a Profile);
+
 /// A profile with its cursor.
-#[derive(SimpleObject)]
-#[graphql(serial)]
-pub struct ProfileEdge {
+#[Object(serial)]
+impl ProfileEdge<'_> {
     /// Pass as `after` to list the profiles that follow this one.
-    pub cursor: String,
+    async fn cursor(&self) -> String {
+        self.0.cursor()
+    }
+
     /// The profile.
-    pub node: Profile,
+    async fn node(&self) -> &Profile {
+        self.0
+    }
+}
+
+/// One page of profiles. Its edges, and the cursors in them, are made only when a client
+/// selects them: most pages are read by their nodes.
+pub struct ProfileConnection {
+    /// The profiles of this page.
+    pub nodes: Vec<Profile>,
+    /// Whether another page follows.
+    pub has_next_page: bool,
+    /// How many profiles match the filter over all pages, when the client asked.
+    pub total_count: Option<i64>,
 }
 
 /// One page of profiles, oldest (lowest serial number) first.
-#[derive(SimpleObject)]
-#[graphql(serial)]
-pub struct ProfileConnection {
+#[Object(serial)]
+impl ProfileConnection {
     /// The profiles of this page with their cursors.
-    pub edges: Vec<ProfileEdge>,
+    async fn edges(&self) -> Vec<ProfileEdge<'_>> {
+        self.nodes.iter().map(ProfileEdge).collect()
+    }
+
     /// The profiles of this page.
-    pub nodes: Vec<Profile>,
+    async fn nodes(&self) -> &[Profile] {
+        &self.nodes
+    }
+
     /// Whether another page follows, and where it starts.
-    pub page_info: PageInfo,
+    async fn page_info(&self) -> PageInfo {
+        PageInfo {
+            has_next_page: self.has_next_page,
+            end_cursor: self.nodes.last().map(Profile::cursor),
+        }
+    }
+
     /// How many profiles match the filter, over all pages.
-    pub total_count: i64,
+    async fn total_count(&self) -> Result<i64> {
+        // The resolver reads the count only when this field is selected.
+        self.total_count
+            .ok_or_else(|| Error::Internal("a page was read without its count".into()).extend())
+    }
 }
 
 /// A profile as the API returns it (see the `#[Object]` impl for its description). Shared,
@@ -249,6 +283,14 @@ impl From<ProfileView> for Profile {
 }
 
 impl Profile {
+    /// The kind of cursor of a page of profiles, which are paged by serial number.
+    pub const CURSOR_KIND: &str = "profile";
+
+    /// This profile's cursor in a page of profiles.
+    pub fn cursor(&self) -> String {
+        cursor::encode(Self::CURSOR_KIND, self.0.profile.serial_number)
+    }
+
     /// What of a profile to read for `selection`, the look-ahead of a field whose type is
     /// `Profile`: only the fields that show a part need it read (fragments count too).
     pub fn parts(selection: Lookahead<'_>) -> Parts {
@@ -503,14 +545,14 @@ impl Profile {
     }
 
     /// Tags, sorted by key.
-    async fn tags(&self) -> Vec<Tag> {
+    async fn tags(&self) -> Vec<Tag<'_>> {
         self.0
             .profile
             .tags
             .iter()
             .map(|(key, value)| Tag {
-                key: key.clone(),
-                value: value.clone(),
+                key,
+                value: value.as_deref(),
             })
             .collect()
     }
