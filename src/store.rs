@@ -1396,28 +1396,28 @@ fn page_condition(tenant: TenantId, filter: &ProfileFilter) -> Condition {
         condition = condition.add(profile::Column::Status.eq(status.as_str()));
     }
     if let Some(tag) = &filter.tag {
-        condition = condition.add(
-            profile::Column::Id.in_subquery(
-                sea_orm::sea_query::Query::select()
-                    .column(profile_tag::Column::ProfileId)
-                    .from(profile_tag::Entity)
-                    .and_where(profile_tag::Column::Key.eq(tag.as_str()))
-                    .to_owned(),
-            ),
-        );
+        condition = condition.add(owners_of(profile_tag::Column::ProfileId, profile_tag::Column::Key, tag));
     }
     if let Some(group) = &filter.group {
-        condition = condition.add(
-            profile::Column::Id.in_subquery(
-                sea_orm::sea_query::Query::select()
-                    .column(profile_group::Column::ProfileId)
-                    .from(profile_group::Entity)
-                    .and_where(profile_group::Column::Name.eq(group.as_str()))
-                    .to_owned(),
-            ),
-        );
+        condition = condition.add(owners_of(
+            profile_group::Column::ProfileId,
+            profile_group::Column::Name,
+            group,
+        ));
     }
     condition
+}
+
+/// The profiles that own a row whose `column` is `value`, in the table of `owner`, the
+/// column that names a row's profile.
+fn owners_of<C: ColumnTrait>(owner: C, column: C, value: &str) -> Expr {
+    profile::Column::Id.in_subquery(
+        sea_orm::sea_query::Query::select()
+            .column(owner)
+            .from(owner.entity_name())
+            .and_where(column.eq(value))
+            .to_owned(),
+    )
 }
 
 /// The profiles that `filter` lets through after serial number `after`, with `parts`, in
