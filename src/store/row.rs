@@ -193,35 +193,27 @@ impl<T> Cell for T where
 #[derive(Debug)]
 pub(super) struct JsonCell<T>(pub T);
 
-impl<T> sqlx::Type<Postgres> for JsonCell<T> {
-    fn type_info() -> PgTypeInfo {
-        <Json<T> as sqlx::Type<Postgres>>::type_info()
-    }
-    fn compatible(ty: &PgTypeInfo) -> bool {
-        <Json<T> as sqlx::Type<Postgres>>::compatible(ty)
-    }
+/// [`JsonCell`] for each of sqlx's databases, as its `Json<T>`.
+macro_rules! sqlx_json_cell {
+    ($($db:ty: $info:ty, $value:ty);+) => {$(
+        impl<T> sqlx::Type<$db> for JsonCell<T> {
+            fn type_info() -> $info {
+                <Json<T> as sqlx::Type<$db>>::type_info()
+            }
+            fn compatible(ty: &$info) -> bool {
+                <Json<T> as sqlx::Type<$db>>::compatible(ty)
+            }
+        }
+
+        impl<'r, T: DeserializeOwned + 'r> sqlx::Decode<'r, $db> for JsonCell<T> {
+            fn decode(value: $value) -> Result<Self, BoxDynError> {
+                <Json<T> as sqlx::Decode<'r, $db>>::decode(value).map(|Json(inner)| JsonCell(inner))
+            }
+        }
+    )+};
 }
 
-impl<'r, T: DeserializeOwned + 'r> sqlx::Decode<'r, Postgres> for JsonCell<T> {
-    fn decode(value: PgValueRef<'r>) -> Result<Self, BoxDynError> {
-        <Json<T> as sqlx::Decode<'r, Postgres>>::decode(value).map(|Json(inner)| JsonCell(inner))
-    }
-}
-
-impl<T> sqlx::Type<Sqlite> for JsonCell<T> {
-    fn type_info() -> SqliteTypeInfo {
-        <Json<T> as sqlx::Type<Sqlite>>::type_info()
-    }
-    fn compatible(ty: &SqliteTypeInfo) -> bool {
-        <Json<T> as sqlx::Type<Sqlite>>::compatible(ty)
-    }
-}
-
-impl<'r, T: DeserializeOwned + 'r> sqlx::Decode<'r, Sqlite> for JsonCell<T> {
-    fn decode(value: SqliteValueRef<'r>) -> Result<Self, BoxDynError> {
-        <Json<T> as sqlx::Decode<'r, Sqlite>>::decode(value).map(|Json(inner)| JsonCell(inner))
-    }
-}
+sqlx_json_cell!(Postgres: PgTypeInfo, PgValueRef<'r>; Sqlite: SqliteTypeInfo, SqliteValueRef<'r>);
 
 impl<T: DeserializeOwned> rusqlite::types::FromSql for JsonCell<T> {
     fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
