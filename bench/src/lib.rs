@@ -674,8 +674,10 @@ async fn run_on(options: &Options, database: Option<&Database>, notes: &mut Vec<
                     measurements.push(measured);
                 }
                 let rate = (first_throughput.unwrap_or(1.0) / 2.0).max(1.0);
+                // As many connections as the most the throughput runs used.
+                let senders = options.connections.iter().copied().max().unwrap_or(1);
                 let mut measured = measure(contender, counter.as_ref(), || {
-                    load::open_loop(&contender.client, workload, rate, options.duration)
+                    load::open_loop(&contender.client, workload, rate, options.duration, senders)
                 })
                 .await;
                 measured.workload = name;

@@ -1,13 +1,15 @@
 //! Load generation: a fixed number of connections as fast as they go (throughput), or a fixed
-//! request rate (latency). At a fixed rate every request's latency counts from when it was
-//! due, not from when it was sent, so a stalled server cannot hide its stall by delaying the
-//! requests that would have measured it (no coordinated omission).
+//! request rate over a fixed number of connections (latency). At a fixed rate every request's
+//! latency counts from when it was due, not from when it was sent, so a stalled server cannot
+//! hide its stall by delaying the requests that would have measured it (no coordinated
+//! omission).
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::future::BoxFuture;
 use hdrhistogram::Histogram;
+use tokio::time::Instant;
 
 /// One request of a workload, whatever the contender speaks.
 #[derive(Debug, Clone)]
@@ -109,32 +111,118 @@ pub async fn closed_loop(
     total
 }
 
-/// Requests due at a fixed `rate` per second for `duration`, each sent when due whatever the
-/// others are doing; latency counts from when it was due.
-pub async fn open_loop(client: &Arc<dyn Client>, workload: &Workload, rate: f64, duration: Duration) -> Sample {
+/// Requests due at a fixed `rate` per second for `duration`, sent by `senders` tasks: each takes
+/// the next request, waits until it is due, sends it and waits for its answer. Latency counts
+/// from when a request was due, so while a stalled server keeps every sender waiting, the
+/// requests falling due meanwhile count that wait (no coordinated omission, as wrk2 measures).
+///
+/// At most `senders` requests are in flight, on as many connections. One task per request, each
+/// sent the moment it is due, made the client open a connection for every request beyond those
+/// in flight: after a stall of a few milliseconds, a hundred or more at once (the SQLite gateway
+/// went from 16 to 280 sockets in W1), whose handshakes and accepts then queued in front of the
+/// requests, so the latency measured the load generator's connection storm as much as the
+/// server. A real deployment's clients reach a server over connections they keep, and behind a
+/// proxy over a pool of them, which is what `senders` connections model.
+///
+/// Tokio's timers fire on millisecond ticks, so a request goes out up to a millisecond after it
+/// is due, and that wait counts in its latency, alike for every contender.
+pub async fn open_loop(
+    client: &Arc<dyn Client>,
+    workload: &Workload,
+    rate: f64,
+    duration: Duration,
+    senders: usize,
+) -> Sample {
     let started = Instant::now();
     let interval = Duration::from_secs_f64(1.0 / rate.max(1.0));
     let total_requests = (duration.as_secs_f64() * rate.max(1.0)) as u64;
-    let mut tasks = Vec::with_capacity(total_requests as usize);
-    for n in 0..total_requests {
-        let due = started + interval.mul_f64(n as f64);
-        tokio::time::sleep_until(due.into()).await;
-        let (client, op) = (client.clone(), workload(n));
-        tasks.push(tokio::spawn(async move {
-            let ok = client.call(&op).await;
-            (ok, due.elapsed())
-        }));
-    }
-    let mut sample = Sample::new();
-    for task in futures::future::join_all(tasks).await {
-        match task {
-            Ok((true, latency)) => {
-                sample.ok += 1;
-                sample.latencies.saturating_record(latency.as_micros() as u64);
+    let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let senders = (0..senders.max(1)).map(|_| {
+        let (client, workload, next) = (client.clone(), workload.clone(), next.clone());
+        tokio::spawn(async move {
+            let mut sample = Sample::new();
+            loop {
+                let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if n >= total_requests {
+                    return sample;
+                }
+                let due = started + interval.mul_f64(n as f64);
+                tokio::time::sleep_until(due).await;
+                if client.call(&workload(n)).await {
+                    sample.ok += 1;
+                    sample.latencies.saturating_record(due.elapsed().as_micros() as u64);
+                } else {
+                    sample.failed += 1;
+                }
             }
-            _ => sample.failed += 1,
+        })
+    });
+    let mut total = Sample::new();
+    for sample in futures::future::join_all(senders).await.into_iter().flatten() {
+        total.merge(&sample);
+    }
+    total.elapsed = started.elapsed();
+    total
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use futures::FutureExt as _;
+
+    use super::*;
+
+    /// Answers every request after `delay`, counting how many it holds at once.
+    struct Slow {
+        delay: Duration,
+        in_flight: AtomicUsize,
+        most_in_flight: AtomicUsize,
+    }
+
+    impl Client for Slow {
+        fn call<'a>(&'a self, _: &'a Op) -> BoxFuture<'a, bool> {
+            async move {
+                let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+                self.most_in_flight.fetch_max(now, Ordering::SeqCst);
+                tokio::time::sleep(self.delay).await;
+                self.in_flight.fetch_sub(1, Ordering::SeqCst);
+                true
+            }
+            .boxed()
         }
     }
-    sample.elapsed = started.elapsed();
-    sample
+
+    #[tokio::test(start_paused = true)]
+    async fn a_fixed_rate_beyond_what_its_senders_can_send_keeps_to_them_and_counts_the_wait() {
+        let slow = Arc::new(Slow {
+            delay: Duration::from_millis(10),
+            in_flight: AtomicUsize::new(0),
+            most_in_flight: AtomicUsize::new(0),
+        });
+        let client: Arc<dyn Client> = slow.clone();
+        let workload: Workload = Arc::new(|_| Op::List);
+        // 1,000 requests due over a second; 4 senders answer 400 a second, so the last one is
+        // sent about 1.5 s after it was due.
+        let sample = open_loop(&client, &workload, 1000.0, Duration::from_secs(1), 4).await;
+        assert_eq!((sample.ok, sample.failed), (1000, 0));
+        assert_eq!(slow.most_in_flight.load(Ordering::SeqCst), 4);
+        assert!(sample.latency_ms(1.0) >= 1400.0, "{}", sample.latency_ms(1.0));
+        assert!(sample.latency_ms(0.0) >= 10.0, "{}", sample.latency_ms(0.0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_fixed_rate_its_senders_keep_up_with_is_sent_on_time() {
+        let client: Arc<dyn Client> = Arc::new(Slow {
+            delay: Duration::from_millis(1),
+            in_flight: AtomicUsize::new(0),
+            most_in_flight: AtomicUsize::new(0),
+        });
+        let workload: Workload = Arc::new(|_| Op::List);
+        let sample = open_loop(&client, &workload, 100.0, Duration::from_secs(2), 4).await;
+        assert_eq!(sample.ok, 200);
+        // Each answered a millisecond after it was sent, and sent by the next millisecond tick.
+        assert!(sample.latency_ms(1.0) <= 2.1, "{}", sample.latency_ms(1.0));
+        assert!((1.9..2.1).contains(&sample.elapsed.as_secs_f64()));
+    }
 }
