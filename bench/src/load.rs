@@ -120,7 +120,7 @@ pub async fn closed_loop(
 /// sent the moment it is due, made the client open a connection for every request beyond those
 /// in flight: after a stall of a few milliseconds, a hundred or more at once (the SQLite gateway
 /// went from 16 to 280 sockets in W1), whose handshakes and accepts then queued in front of the
-/// requests, so the latency measured the load generator's connection storm as much as the
+/// requests, so the latency measured the load generator's connection storm as well as the
 /// server. A real deployment's clients reach a server over connections they keep, and behind a
 /// proxy over a pool of them, which is what `senders` connections model.
 ///
