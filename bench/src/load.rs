@@ -5,10 +5,12 @@
 //! omission).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
 use hdrhistogram::Histogram;
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 /// One request of a workload, whatever the contender speaks.
@@ -54,6 +56,18 @@ impl Sample {
         }
     }
 
+    /// Counts one request: its latency since `since` when it succeeded (`ok`), a failure
+    /// otherwise.
+    fn count(&mut self, ok: bool, since: Instant) {
+        match ok {
+            true => {
+                self.ok += 1;
+                self.latencies.saturating_record(since.elapsed().as_micros() as u64);
+            }
+            false => self.failed += 1,
+        }
+    }
+
     fn merge(&mut self, other: &Sample) {
         self.latencies.add(&other.latencies).ok();
         self.ok += other.ok;
@@ -75,6 +89,16 @@ fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
 }
 
+/// The samples of `tasks`, which run at once, added up over the time since `started`.
+async fn gather(started: Instant, tasks: impl Iterator<Item = JoinHandle<Sample>>) -> Sample {
+    let mut total = Sample::new();
+    for sample in futures::future::join_all(tasks).await.into_iter().flatten() {
+        total.merge(&sample);
+    }
+    total.elapsed = started.elapsed();
+    total
+}
+
 /// `connections` clients, each sending its next request as soon as the last one is answered,
 /// for `duration`.
 pub async fn closed_loop(
@@ -85,30 +109,20 @@ pub async fn closed_loop(
 ) -> Sample {
     let started = Instant::now();
     let deadline = started + duration;
-    let counter = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counter = Arc::new(AtomicU64::new(0));
     let clients = (0..connections).map(|_| {
         let (client, workload, counter) = (client.clone(), workload.clone(), counter.clone());
         tokio::spawn(async move {
             let mut sample = Sample::new();
             while Instant::now() < deadline {
-                let op = workload(counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+                let op = workload(counter.fetch_add(1, Ordering::Relaxed));
                 let sent = Instant::now();
-                if client.call(&op).await {
-                    sample.ok += 1;
-                    sample.latencies.saturating_record(sent.elapsed().as_micros() as u64);
-                } else {
-                    sample.failed += 1;
-                }
+                sample.count(client.call(&op).await, sent);
             }
             sample
         })
     });
-    let mut total = Sample::new();
-    for sample in futures::future::join_all(clients).await.into_iter().flatten() {
-        total.merge(&sample);
-    }
-    total.elapsed = started.elapsed();
-    total
+    gather(started, clients).await
 }
 
 /// Requests due at a fixed `rate` per second for `duration`, sent by `senders` tasks: each takes
@@ -136,38 +150,28 @@ pub async fn open_loop(
     let started = Instant::now();
     let interval = Duration::from_secs_f64(1.0 / rate.max(1.0));
     let total_requests = (duration.as_secs_f64() * rate.max(1.0)) as u64;
-    let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let next = Arc::new(AtomicU64::new(0));
     let senders = (0..senders.max(1)).map(|_| {
         let (client, workload, next) = (client.clone(), workload.clone(), next.clone());
         tokio::spawn(async move {
             let mut sample = Sample::new();
             loop {
-                let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let n = next.fetch_add(1, Ordering::Relaxed);
                 if n >= total_requests {
                     return sample;
                 }
                 let due = started + interval.mul_f64(n as f64);
                 tokio::time::sleep_until(due).await;
-                if client.call(&workload(n)).await {
-                    sample.ok += 1;
-                    sample.latencies.saturating_record(due.elapsed().as_micros() as u64);
-                } else {
-                    sample.failed += 1;
-                }
+                sample.count(client.call(&workload(n)).await, due);
             }
         })
     });
-    let mut total = Sample::new();
-    for sample in futures::future::join_all(senders).await.into_iter().flatten() {
-        total.merge(&sample);
-    }
-    total.elapsed = started.elapsed();
-    total
+    gather(started, senders).await
 }
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::atomic::AtomicUsize;
 
     use futures::FutureExt as _;
 
@@ -178,6 +182,16 @@ mod tests {
         delay: Duration,
         in_flight: AtomicUsize,
         most_in_flight: AtomicUsize,
+    }
+
+    impl Slow {
+        fn new(delay: Duration) -> Arc<Self> {
+            Arc::new(Slow {
+                delay,
+                in_flight: AtomicUsize::new(0),
+                most_in_flight: AtomicUsize::new(0),
+            })
+        }
     }
 
     impl Client for Slow {
@@ -195,11 +209,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_fixed_rate_beyond_what_its_senders_can_send_keeps_to_them_and_counts_the_wait() {
-        let slow = Arc::new(Slow {
-            delay: Duration::from_millis(10),
-            in_flight: AtomicUsize::new(0),
-            most_in_flight: AtomicUsize::new(0),
-        });
+        let slow = Slow::new(Duration::from_millis(10));
         let client: Arc<dyn Client> = slow.clone();
         let workload: Workload = Arc::new(|_| Op::List);
         // 1,000 requests due over a second; 4 senders answer 400 a second, so the last one is
@@ -213,11 +223,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_fixed_rate_its_senders_keep_up_with_is_sent_on_time() {
-        let client: Arc<dyn Client> = Arc::new(Slow {
-            delay: Duration::from_millis(1),
-            in_flight: AtomicUsize::new(0),
-            most_in_flight: AtomicUsize::new(0),
-        });
+        let client: Arc<dyn Client> = Slow::new(Duration::from_millis(1));
         let workload: Workload = Arc::new(|_| Op::List);
         let sample = open_loop(&client, &workload, 100.0, Duration::from_secs(2), 4).await;
         assert_eq!(sample.ok, 200);
