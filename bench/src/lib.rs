@@ -701,11 +701,15 @@ pub const RATE: &str = "rate ½ max";
 
 /// Runs one measurement, with the CPU the server and PostgreSQL spent on it and the
 /// statements PostgreSQL ran, per request.
+///
+/// The machine's dirty pages are written out first ([`write_out`]), so that no measurement
+/// pays for the writes of the one before it.
 async fn measure<F, Fut>(contender: &Contender, counter: Option<&StatementCounter>, run: F) -> Measurement
 where
     F: FnOnce() -> Fut,
     Fut: std::future::Future<Output = Sample>,
 {
+    write_out().await;
     let pid = contender.pid();
     let counter = counter.filter(|_| contender.kind.on_postgres());
     let on_postgres = contender.kind.on_postgres();
@@ -731,6 +735,23 @@ where
         database_cpu_per_request: per_request(database_before, database_after),
         round_trips,
         sample,
+    }
+}
+
+/// Writes every dirty page of the machine's file systems to disk (`sync(2)`) and waits for it.
+///
+/// The kernel writes a dirty page back about 30 s after it was dirtied
+/// (`vm.dirty_expire_centisecs`), in batches. PostgreSQL leaves its table and index writes in
+/// the page cache until a checkpoint, so what an update run at full speed dirties, about 100 MB
+/// in the traced case, is written back in the middle of whichever measurement runs 30 s later,
+/// often a fixed-rate one, of the same contender or of the next. The batch queues ahead of the
+/// commits' WAL flushes: the traced one held every commit for 32 ms (step 48 of
+/// `bench/results/README.md`). Written out before each measurement, every measurement starts
+/// from the same clean page cache, and which contender pays for the writes of the measurement
+/// before it no longer depends on the order they run in.
+async fn write_out() {
+    if let Err(err) = tokio::task::spawn_blocking(rustix::fs::sync).await {
+        eprintln!("could not write the page cache out before a measurement: {err}");
     }
 }
 
