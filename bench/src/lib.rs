@@ -742,10 +742,10 @@ where
 ///
 /// The kernel writes a dirty page back about 30 s after it was dirtied
 /// (`vm.dirty_expire_centisecs`), in batches. PostgreSQL leaves its table and index writes in
-/// the page cache until a checkpoint, so what an update run at full speed dirties, about 100 MB
-/// in the traced case, is written back in the middle of whichever measurement runs 30 s later,
+/// the page cache until a checkpoint, so what an update run at full speed dirties (about 100 MB
+/// in one traced run) is written back in the middle of whichever measurement runs 30 s later,
 /// often a fixed-rate one, of the same contender or of the next. The batch queues ahead of the
-/// commits' WAL flushes: the traced one held every commit for 32 ms (step 48 of
+/// commits' WAL flushes: one traced batch held every commit for 32 ms (step 48 of
 /// `bench/results/README.md`). Written out before each measurement, every measurement starts
 /// from the same clean page cache, and which contender pays for the writes of the measurement
 /// before it no longer depends on the order they run in.
