@@ -47,7 +47,7 @@ use tokio::sync::MutexGuard;
 use chrono::Utc;
 use sea_orm::sea_query::{Expr, ExprTrait, OnConflict};
 use sea_orm::sqlx::pool::PoolConnection;
-use sea_orm::sqlx::{self, PgConnection, Sqlite, SqlitePool};
+use sea_orm::sqlx::{self, PgConnection, Row, Sqlite, SqlitePool};
 use sea_orm::{
     AccessMode, ActiveModelTrait, ActiveValue::Set, ColumnTrait, Condition, ConnAcquireErr, ConnectionTrait,
     DatabaseConnection, DatabaseExecutor, DatabaseTransaction, DbBackend, DbErr, EntityTrait, FromQueryResult,
@@ -541,7 +541,8 @@ impl Store {
     /// On PostgreSQL an update first tries without a transaction: one statement reads the
     /// profile, one writes the result if the profile is still at the version it read (two
     /// round trips; one when this replica wrote the profile last and still holds what it
-    /// wrote, see [`written`]). If another writer got there first, it falls back to
+    /// wrote, see [`written`], and when what it holds is stale, two: the write that does not
+    /// apply reads the profile back). If another writer got there first, it falls back to
     /// the locking transaction below, which waits for that writer instead of retrying, so a
     /// hot profile costs one wasted read per update at most; and from then on, while its
     /// updates keep coming, this replica's updates of it take turns, so that they do not
@@ -647,28 +648,38 @@ impl Store {
                 ProfileKey::Id(id) => Some(*id),
                 ProfileKey::ExternalId(_) | ProfileKey::SerialNumber(_) => turn.as_ref().and_then(|hot| hot.id),
             };
+            // When it is stale, the write reads the profile back by id in its stead, which
+            // stands in for the read below if the key still names that profile.
             let last = id.and_then(|id| self.written.take(tenant, id));
+            let mut read_back = None;
             if let Some(before) = last.filter(|last| parts.within(last.parts))
                 && let Ok(Plan::Write(write)) = plan(before, change, update)
             {
-                if write_postgres(&mut conn, tenant, &write, update.operation, actor, change).await? {
-                    self.stored(turn.as_deref_mut(), tenant, key, &write.updated.profile)
-                        .await;
-                    return Ok(write.updated);
+                match write_postgres(&mut conn, tenant, &write, update.operation, actor, change, Some(parts)).await? {
+                    Stored::Applied => {
+                        self.stored(turn.as_deref_mut(), tenant, key, &write.updated.profile)
+                            .await;
+                        return Ok(write.updated);
+                    }
+                    Stored::Stale(now) => read_back = now.filter(|now| key.names(&now.profile)),
                 }
                 if let Some(hot) = turn.as_deref_mut() {
                     hot.stale_at = Some(Instant::now());
                 }
             }
-            let before = load_postgres(&mut conn, tenant, key, false, parts)
-                .await?
-                .ok_or_else(|| Fault::not_found("profile"))?
-                .into_view(parts)
-                .map(Arc::new)?;
+            let before = match read_back {
+                Some(now) => *now,
+                None => load_postgres(&mut conn, tenant, key, false, parts)
+                    .await?
+                    .ok_or_else(|| Fault::not_found("profile"))?,
+            };
+            let before = before.into_view(parts).map(Arc::new)?;
             match plan(before, change, update)? {
                 Plan::Unchanged(updated) => return Ok(updated),
                 Plan::Write(write) => {
-                    if write_postgres(&mut conn, tenant, &write, update.operation, actor, change).await? {
+                    if let Stored::Applied =
+                        write_postgres(&mut conn, tenant, &write, update.operation, actor, change, None).await?
+                    {
                         self.stored(turn.as_deref_mut(), tenant, key, &write.updated.profile)
                             .await;
                         return Ok(write.updated);
@@ -690,7 +701,9 @@ impl Store {
                 }
                 Plan::Write(write) => write,
             };
-            if !write_postgres(&mut tx, tenant, &write, update.operation, actor, change).await? {
+            if let Stored::Stale(_) =
+                write_postgres(&mut tx, tenant, &write, update.operation, actor, change, None).await?
+            {
                 return Err(internal("a profile changed while locked"));
             }
             tx.commit().await.map_err(query_err)?;
@@ -721,11 +734,7 @@ impl Store {
             if hot.stale_at.is_some_and(|at| at.elapsed() < CONTENDED_FOR) {
                 return;
             }
-            let still_named = match key {
-                ProfileKey::ExternalId(external_id) => written.profile.external_id() == Some(external_id.as_str()),
-                ProfileKey::Id(_) | ProfileKey::SerialNumber(_) => true,
-            };
-            hot.id = still_named.then_some(written.profile.id);
+            hot.id = key.names(&written.profile).then_some(written.profile.id);
         }
         self.written.keep(tenant, written);
     }
@@ -1831,6 +1840,7 @@ impl Children {
         usize::from(self.tags) | usize::from(self.groups) << 1 | usize::from(self.custom) << 2
     }
 
+    #[cfg(test)]
     fn at(index: usize) -> Self {
         Children {
             tags: index & 1 != 0,
@@ -1846,34 +1856,37 @@ impl Children {
 /// the profile's UPDATE, so when that matches no row nothing else happens. The deleted and the
 /// written keys of each child table are disjoint, so the parts never touch one row twice. The
 /// child tables an update leaves alone are not in its statement at all: each part, even with
-/// nothing to do, costs PostgreSQL the setting up of its plan on every execution. Each text is
-/// built once.
-fn postgres_write(children: Children) -> &'static str {
-    static TEXTS: LazyLock<Vec<String>> = LazyLock::new(|| {
-        (0..Children::COMBINATIONS)
-            .map(|index| postgres_write_text(Children::at(index)))
-            .collect()
-    });
-    &TEXTS[children.index()]
+/// nothing to do, costs PostgreSQL the setting up of its plan on every execution.
+///
+/// With `read_back`, when the UPDATE matches no row the statement also reads the profile as it
+/// is now, with those parts (as [`load`] reads it by id, in the same snapshot), so that an
+/// update from a stale snapshot ([`written`]) needs no read of its own. Each text is built once,
+/// when first used.
+fn postgres_write(children: Children, read_back: Option<Parts>) -> &'static str {
+    const TEXTS: usize = Children::COMBINATIONS * (1 + Parts::COMBINATIONS);
+    static BUILT: [OnceLock<String>; TEXTS] = [const { OnceLock::new() }; TEXTS];
+    let index = children.index() * (1 + Parts::COMBINATIONS) + read_back.map_or(0, |parts| 1 + parts.index());
+    BUILT[index].get_or_init(|| postgres_write_text(children, read_back))
 }
 
-/// Builds [`postgres_write`]'s text for `children`, numbering its parameters in the order
-/// [`write_postgres`] binds them.
-fn postgres_write_text(children: Children) -> String {
+/// Builds [`postgres_write`]'s text, numbering its parameters in the order [`write_postgres`]
+/// binds them: the tenant and the profile's id first, as [`load_statement`] binds them for a
+/// read by id, so that the read back is [`load_text`]'s as it is.
+fn postgres_write_text(children: Children, read_back: Option<Parts>) -> String {
     let set = WRITTEN_COLUMNS
         .iter()
         .enumerate()
-        .map(|(i, column)| format!(r#""{}" = ${}"#, column.as_str(), i + 3))
+        .map(|(i, column)| format!(r#""{}" = ${}"#, column.as_str(), i + 4))
         .collect::<Vec<_>>()
         .join(", ");
-    let mut next = WRITTEN_COLUMNS.len() + 3;
+    let mut next = WRITTEN_COLUMNS.len() + 4;
     let mut p = || {
         let parameter = format!("${next}");
         next += 1;
         parameter
     };
     let mut parts = vec![format!(
-        "WITH p AS (UPDATE profiles SET {set} WHERE id = $1 AND version = $2 RETURNING id)"
+        "WITH p AS (UPDATE profiles SET {set} WHERE id = $2 AND version = $3 RETURNING id)"
     )];
     if children.tags {
         parts.push(format!("tags_removed AS (DELETE FROM profile_tags AS t USING p WHERE t.profile_id = p.id AND t.key IN (SELECT jsonb_array_elements_text({}::jsonb)))", p()));
@@ -1887,13 +1900,35 @@ fn postgres_write_text(children: Children) -> String {
         parts.push(format!("custom_cleared AS (DELETE FROM custom_field_values AS c USING p WHERE c.profile_id = p.id AND c.field_id IN (SELECT x.id::uuid FROM jsonb_array_elements_text({}::jsonb) AS x(id)))", p()));
         parts.push(format!("custom_written AS (INSERT INTO custom_field_values (profile_id, field_id, value) SELECT p.id, x.field_id, x.value FROM p, jsonb_to_recordset({}::jsonb) AS x(field_id uuid, value text) ON CONFLICT (profile_id, field_id) DO UPDATE SET value = excluded.value)", p()));
     }
-    let [id, tenant, version, operation, changes, api_key_id, request_id, at] = [(); 8].map(|()| p());
-    parts.push(format!("history AS (INSERT INTO profile_changes (id, tenant_id, profile_id, version, operation, changes, api_key_id, request_id, at) SELECT {id}, {tenant}, p.id, {version}, {operation}, {changes}, {api_key_id}, {request_id}, {at} FROM p)"));
-    format!("{}\nSELECT count(*) AS applied FROM p", parts.join(",\n"))
+    let [id, version, operation, changes, api_key_id, request_id, at] = [(); 7].map(|()| p());
+    parts.push(format!("history AS (INSERT INTO profile_changes (id, tenant_id, profile_id, version, operation, changes, api_key_id, request_id, at) SELECT {id}, $1, p.id, {version}, {operation}, {changes}, {api_key_id}, {request_id}, {at} FROM p)"));
+    let applied = "SELECT count(*) AS applied FROM p";
+    let select = match read_back {
+        None => applied.to_owned(),
+        // The read's condition names only `a`, so PostgreSQL checks it once, before reading
+        // anything, and an update that applies reads nothing. `OFFSET 0` keeps the planner
+        // from pulling the read up into the join, where the condition would be checked only
+        // after the read.
+        Some(parts) => format!(
+            "SELECT a.applied, now.* FROM ({applied}) AS a LEFT JOIN LATERAL (SELECT * FROM ({}) AS now WHERE a.applied = 0 OFFSET 0) AS now ON true",
+            load_text(DbBackend::Postgres, &ProfileKey::Id(Uuid::nil()), false, parts)
+        ),
+    };
+    format!("{}\n{select}", parts.join(",\n"))
 }
 
-/// Stores `write` with [`postgres_write`]'s statement; `false` when the profile is no longer
-/// at the version the update read (nothing was stored).
+/// What became of [`write_postgres`]'s write.
+enum Stored {
+    /// The profile was still at the version the update read: the update is stored.
+    Applied,
+    /// It was not, and nothing was stored. When the write was to read the profile back, the
+    /// profile as it is now, if it still exists.
+    Stale(Option<Box<Loaded>>),
+}
+
+/// Stores `write` with [`postgres_write`]'s statement, reading the profile back with the
+/// `read_back` parts if the profile is no longer at the version the update read.
+#[allow(clippy::too_many_arguments)]
 async fn write_postgres(
     conn: &mut PgConnection,
     tenant: TenantId,
@@ -1901,11 +1936,12 @@ async fn write_postgres(
     operation: &str,
     actor: &Actor,
     change: &ChangeSet,
-) -> Result<bool> {
+    read_back: Option<Parts>,
+) -> Result<Stored> {
     let (before, after) = (&write.before.profile, &write.updated.profile.profile);
     let custom_fields = &write.updated.profile.custom_fields;
     let row = profile::ActiveModel::from_profile(tenant, after)?;
-    let mut values: Vec<Value> = vec![after.id.into(), before.version.into()];
+    let mut values: Vec<Value> = vec![tenant.0.into(), after.id.into(), before.version.into()];
     for column in WRITTEN_COLUMNS.iter() {
         values.push(
             row.get(*column)
@@ -1941,7 +1977,6 @@ async fn write_postgres(
     }
     values.extend([
         history_id().into(),
-        tenant.0.into(),
         after.version.into(),
         operation.into(),
         json(&write.updated.changes)?,
@@ -1949,13 +1984,21 @@ async fn write_postgres(
         actor.request_id.clone().into(),
         after.updated_at.into(),
     ]);
-    let statement = Statement::from_sql_and_values(DbBackend::Postgres, postgres_write(children), values);
-    let applied = query_one_postgres(conn, statement)
+    let returned = bound(postgres_write(children, read_back).to_owned(), Some(Values(values)))
+        .fetch_optional(conn)
         .await
-        .map_err(|err| on_external_id(err, change))?
-        .ok_or_else(|| internal("the write statement returned no row"))?
-        .try_get::<i64>("", "applied")?;
-    Ok(applied == 1)
+        .map_err(|err| on_external_id(query_err(err), change))?
+        .ok_or_else(|| internal("the write statement returned no row"))?;
+    if returned.try_get::<i64, _>("applied").map_err(query_err)? == 1 {
+        return Ok(Stored::Applied);
+    }
+    match read_back {
+        // The read's columns follow `applied`; a NULL id is a profile that no longer exists.
+        Some(_) if returned.try_get::<Option<Uuid>, _>(1).map_err(query_err)?.is_some() => {
+            Ok(Stored::Stale(Some(Box::new(row::decode_after(&returned, 1)?))))
+        }
+        _ => Ok(Stored::Stale(None)),
+    }
 }
 
 fn json(value: &impl serde::Serialize) -> Result<Value> {
@@ -2223,33 +2266,62 @@ mod tests {
         assert_eq!(indices, (0..Children::COMBINATIONS).collect::<Vec<_>>());
     }
 
+    /// The parameter numbers `sql` names.
+    fn parameters(sql: &str) -> std::collections::BTreeSet<usize> {
+        sql.split('$')
+            .skip(1)
+            .map(|rest| rest.chars().take_while(char::is_ascii_digit).collect::<String>())
+            .map(|digits| digits.parse().unwrap_or(0))
+            .collect()
+    }
+
     #[test]
     fn a_write_statement_names_only_the_child_tables_it_changes_and_numbers_its_parameters_in_order() {
-        for index in 0..Children::COMBINATIONS {
+        let read_backs: Vec<Option<Parts>> = std::iter::once(None).chain(Parts::every().map(Some)).collect();
+        for (index, &read_back) in (0..Children::COMBINATIONS).flat_map(|i| read_backs.iter().map(move |r| (i, r))) {
             let children = Children::at(index);
-            let sql = postgres_write(children);
-            assert_eq!(sql.contains("profile_tags"), children.tags, "{children:?}");
-            assert_eq!(sql.contains("profile_groups"), children.groups, "{children:?}");
-            assert_eq!(sql.contains("custom_field_values"), children.custom, "{children:?}");
+            let sql = postgres_write(children, read_back);
+            let case = format!("{children:?} {read_back:?}");
+            // (A read back reads every child table it shows, but writes none.)
+            let writes = |table: &str| {
+                let [deletes, inserts] = [format!("DELETE FROM {table} "), format!("INSERT INTO {table} ")];
+                assert_eq!(sql.contains(&deletes), sql.contains(&inserts), "{case}");
+                sql.contains(&inserts)
+            };
+            assert_eq!(writes("profile_tags"), children.tags, "{case}");
+            assert_eq!(writes("profile_groups"), children.groups, "{case}");
+            assert_eq!(writes("custom_field_values"), children.custom, "{case}");
             // The notice goes after the commit (see `crate::feed`).
-            assert!(
-                sql.contains("profile_changes") && !sql.contains("pg_notify"),
-                "{children:?}"
-            );
-            // id and version, the columns, two per child table and the history record's eight,
-            // as `write_postgres` binds them.
+            assert!(sql.contains("profile_changes") && !sql.contains("pg_notify"), "{case}");
+            // tenant, id and version, the columns, two per child table and the history
+            // record's seven, as `write_postgres` binds them.
             let touched = [children.tags, children.groups, children.custom]
                 .into_iter()
                 .filter(|&t| t)
                 .count();
-            let expected = 2 + WRITTEN_COLUMNS.len() + 2 * touched + 8;
-            let numbers: std::collections::BTreeSet<usize> = sql
-                .split('$')
-                .skip(1)
-                .map(|rest| rest.chars().take_while(char::is_ascii_digit).collect::<String>())
-                .map(|digits| digits.parse().unwrap_or(0))
-                .collect();
-            assert_eq!(numbers, (1..=expected).collect(), "{children:?}");
+            let expected = 3 + WRITTEN_COLUMNS.len() + 2 * touched + 7;
+            assert_eq!(parameters(sql), (1..=expected).collect(), "{case}");
+            assert_eq!(sql.contains("LEFT JOIN LATERAL"), read_back.is_some(), "{case}");
+        }
+    }
+
+    #[test]
+    fn a_write_reads_back_with_the_parameters_of_a_read_by_id() {
+        // The write binds the tenant as $1 and the profile's id as $2, as a read by id does.
+        let tenant = TenantId(Uuid::new_v4());
+        let id = Uuid::new_v4();
+        for parts in Parts::every() {
+            let read = load_statement(DbBackend::Postgres, tenant, &ProfileKey::Id(id), false, parts);
+            assert_eq!(parameters(&read.sql), [1, 2].into(), "{parts:?}");
+            assert_eq!(
+                read.values.map(|values| values.0),
+                Some(vec![tenant.0.into(), id.into()]),
+                "{parts:?}"
+            );
+            assert!(
+                postgres_write(Children::at(1), Some(parts)).contains(&read.sql),
+                "{parts:?}"
+            );
         }
     }
 

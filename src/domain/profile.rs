@@ -205,6 +205,17 @@ pub enum ProfileKey {
     SerialNumber(i64),
 }
 
+impl ProfileKey {
+    /// Whether this key names `profile`.
+    pub fn names(&self, profile: &Profile) -> bool {
+        match self {
+            ProfileKey::Id(id) => profile.id == *id,
+            ProfileKey::ExternalId(external_id) => profile.external_id() == Some(external_id.as_str()),
+            ProfileKey::SerialNumber(serial) => profile.serial_number == *serial,
+        }
+    }
+}
+
 /// One person's canonical profile, as stored.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Profile {
@@ -289,6 +300,22 @@ mod tests {
         assert!(Closed.may_become(Closed));
         assert!(!Closed.may_become(Active));
         assert!(!Closed.may_become(Suspended));
+    }
+
+    #[test]
+    fn a_key_names_the_profile_whose_id_external_id_or_serial_number_it_holds() {
+        let mut profile = Profile::new(Uuid::new_v4(), 7, Utc::now());
+        profile
+            .fields
+            .insert(Field::ExternalId, Scalar::Text("crm-1".to_owned()));
+        assert!(ProfileKey::Id(profile.id).names(&profile));
+        assert!(!ProfileKey::Id(Uuid::new_v4()).names(&profile));
+        assert!(ProfileKey::ExternalId("crm-1".to_owned()).names(&profile));
+        assert!(!ProfileKey::ExternalId("crm-2".to_owned()).names(&profile));
+        assert!(ProfileKey::SerialNumber(7).names(&profile));
+        assert!(!ProfileKey::SerialNumber(8).names(&profile));
+        profile.fields.remove(&Field::ExternalId);
+        assert!(!ProfileKey::ExternalId("crm-1".to_owned()).names(&profile));
     }
 
     #[test]

@@ -266,6 +266,29 @@ impl Cells for rusqlite::Row<'_> {
     }
 }
 
+/// [`decode`] of a profile read that comes after the first `skip` cells of `row`.
+pub(super) fn decode_after(row: &PgRow, skip: usize) -> Result<Loaded, Fault> {
+    decode(&After { row, skip })
+}
+
+/// The cells of `row` after its first `skip`.
+struct After<'r, R> {
+    row: &'r R,
+    skip: usize,
+}
+
+impl<R: Cells> Cells for After<'_, R> {
+    fn width(&self) -> usize {
+        self.row.width().saturating_sub(self.skip)
+    }
+    fn names(&self) -> Vec<&str> {
+        self.row.names().into_iter().skip(self.skip).collect()
+    }
+    fn cell<T: Cell>(&self, index: usize) -> Result<T, Fault> {
+        self.row.cell(index.saturating_add(self.skip))
+    }
+}
+
 /// The profile read `row` holds.
 pub(super) fn decode(row: &impl Cells) -> Result<Loaded, Fault> {
     use profile::Column as C;

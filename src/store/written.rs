@@ -4,10 +4,12 @@
 //! A snapshot may be stale: another replica, or a write other than an update, may have
 //! changed the profile since. That costs a round trip, never a change: an update's write
 //! applies only at the version it started from ([`super::write_postgres`]), and one that
-//! does not apply is read and planned again. So that stale snapshots stay rare with many
-//! replicas, each replica forgets a snapshot when the change feed announces a later version
-//! of its profile ([`Written::follow`]); only a change that lands between a write and its
-//! snapshot being kept, or while the replica's listener reconnects, can slip past.
+//! does not apply reads the profile back in the same statement, to be planned and written
+//! again. So that stale snapshots stay rare with many replicas, each replica forgets a
+//! snapshot when the change feed announces a later version of its profile
+//! ([`Written::follow`]); only a change that lands between a write and its snapshot being
+//! kept, or while the replica's listener reconnects, or one that bypasses the gateways, can
+//! slip past.
 //!
 //! Snapshots with custom values are not kept: a custom field defined since would be missing
 //! from their definitions, and defining one changes no profile's version.

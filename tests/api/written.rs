@@ -60,6 +60,53 @@ async fn an_update_from_a_stale_snapshot_reads_the_profile_and_keeps_the_change_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_update_from_a_stale_snapshot_keeps_the_tags_written_since() {
+    let Some(app) = TestApp::postgres().await else { return };
+    let id = create(&app).await;
+    slim(&app, &id, json!({"scrip": {"attributes": {"a": 1}, "tags": ["kept"]}})).await;
+    behind_their_backs(
+        &app,
+        &format!(
+            "INSERT INTO profile_tags (profile_id, key, value) VALUES ('{id}', 'since', NULL); \
+             UPDATE profiles SET version = version + 1 WHERE id = '{id}'"
+        ),
+    )
+    .await;
+    let profile = slim(&app, &id, json!({"scrip": {"attributes": {"b": 2}}})).await;
+    assert_eq!(profile["tags"], json!([{"key": "kept"}, {"key": "since"}]), "{profile}");
+    assert_eq!(profile["version"], 4);
+    assert_eq!(profile["attributes"], json!({"a": 1, "b": 2}));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_update_from_a_stale_snapshot_of_a_profile_closed_or_deleted_since_changes_nothing() {
+    let Some(app) = TestApp::postgres().await else { return };
+    let update = json!({"scrip": {"attributes": {"b": 2}}});
+    let since = [
+        (
+            "UPDATE profiles SET status = 'CLOSED', version = version + 1",
+            "PROFILE_CLOSED",
+            json!({"status": "CLOSED", "version": 3, "attributes": {"a": 1}}),
+        ),
+        ("DELETE FROM profiles", "NOT_FOUND", Value::Null),
+    ];
+    for (sql, code, left) in since {
+        let id = create(&app).await;
+        slim(&app, &id, json!({"scrip": {"attributes": {"a": 1}}})).await;
+        behind_their_backs(&app, &format!("{sql} WHERE id = '{id}'")).await;
+        let error = app.error(SLIM, json!({ "id": id, "update": update })).await;
+        assert_eq!(error["extensions"]["code"], code, "{sql}: {error}");
+        let profile = app
+            .ok(
+                "query($id: ID!) { profile(ref: {id: $id}) { status version attributes } }",
+                json!({ "id": id }),
+            )
+            .await;
+        assert_eq!(profile["profile"], left, "{sql}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn updates_through_two_replicas_in_turn_each_start_from_the_other_replica_s_last_change() {
     let Some(a) = TestApp::postgres().await else { return };
     let b = a.replica().await;
