@@ -648,8 +648,8 @@ impl Store {
                 ProfileKey::Id(id) => Some(*id),
                 ProfileKey::ExternalId(_) | ProfileKey::SerialNumber(_) => turn.as_ref().and_then(|hot| hot.id),
             };
-            // When it is stale, the write reads the profile back by id in its stead, which
-            // stands in for the read below if the key still names that profile.
+            // When the snapshot is stale, the write reads the profile back by id, and that
+            // stands in for the read below if the key still names the profile.
             let last = id.and_then(|id| self.written.take(tenant, id));
             let mut read_back = None;
             if let Some(before) = last.filter(|last| parts.within(last.parts))
@@ -2323,6 +2323,94 @@ mod tests {
                 "{parts:?}"
             );
         }
+    }
+
+    #[tokio::test]
+    async fn on_postgres_a_write_from_a_stale_version_reads_the_profile_back_and_one_that_applies_reads_nothing() {
+        let Ok(admin_url) = std::env::var("TEST_POSTGRES_URL") else {
+            eprintln!("TEST_POSTGRES_URL is not set: not running this test");
+            return;
+        };
+        let admin = sea_orm::Database::connect(&admin_url).await.unwrap();
+        let name = format!("pgw_unit_{}", Uuid::new_v4().simple());
+        admin
+            .execute_unprepared(&format!(r#"CREATE DATABASE "{name}""#))
+            .await
+            .unwrap();
+        let (server, _) = admin_url.rsplit_once('/').unwrap();
+        let db = crate::db::connect(&format!("{server}/{name}")).await.unwrap();
+        crate::db::migrate(&db).await.unwrap();
+        let store = Store::new(db.clone());
+        let tenant = store.ensure_tenant("acme").await.unwrap();
+        let created = Arc::new(
+            store
+                .create(tenant, &ChangeSet::default(), &Actor::default())
+                .await
+                .unwrap(),
+        );
+        let id = created.profile.id;
+        let mut rename = ChangeSet::default();
+        rename.push(crate::domain::Op::Set {
+            field: Field::Name,
+            value: Some(Scalar::Text("Ann".into())),
+        });
+        let update = Update {
+            operation: "test",
+            expected_version: None,
+            dry_run: false,
+            shows: Parts::ROW,
+        };
+        let write = |before| match plan(before, &rename, &update).unwrap() {
+            Plan::Write(write) => write,
+            Plan::Unchanged(_) => panic!("a rename changes the profile"),
+        };
+        let mut conn = store.postgres.as_ref().unwrap().lend().await.unwrap();
+        let mut store_it = async |write: &Write| {
+            write_postgres(
+                &mut conn,
+                tenant,
+                write,
+                "test",
+                &Actor::default(),
+                &rename,
+                Some(Parts::ROW),
+            )
+            .await
+            .unwrap()
+        };
+
+        // Behind the write's back: a tag, and the version it bumps.
+        db.execute_unprepared(&format!(
+            "INSERT INTO profile_tags (profile_id, key, value) VALUES ('{id}', 'since', 'x'); \
+             UPDATE profiles SET version = version + 1 WHERE id = '{id}'"
+        ))
+        .await
+        .unwrap();
+        let Stored::Stale(Some(now)) = store_it(&write(Arc::clone(&created))).await else {
+            panic!("a write from version 1 applied to version 2, or read nothing back");
+        };
+        let now = Arc::new(now.into_view(Parts::ROW).unwrap());
+        assert_eq!((now.profile.id, now.profile.version), (id, 2));
+        assert_eq!(now.profile.tags, [("since".to_owned(), Some("x".to_owned()))].into());
+        assert!(matches!(store_it(&write(now)).await, Stored::Applied));
+        let stored = load(&db, tenant, &ProfileKey::Id(id), false, Parts::ROW)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(stored.profile.version, 3);
+        assert_eq!(stored.profile.text(Field::Name), Some("Ann"));
+
+        db.execute_unprepared(&format!("DELETE FROM profiles WHERE id = '{id}'"))
+            .await
+            .unwrap();
+        assert!(matches!(store_it(&write(created)).await, Stored::Stale(None)));
+
+        drop(conn);
+        db.close().await.unwrap();
+        admin
+            .execute_unprepared(&format!(r#"DROP DATABASE "{name}" WITH (FORCE)"#))
+            .await
+            .unwrap();
     }
 
     #[test]
