@@ -642,14 +642,13 @@ impl Store {
         let updated: Result<Updated> = async {
             // The profile as this replica last wrote it stands in for a read when it holds every
             // part needed. It may be stale (see [`Written`]), so it is trusted only when its
-            // write applies, which it does only at the version it holds; otherwise the update
-            // reads as usual.
+            // write applies, which it does only at the version it holds; otherwise the write
+            // reads the profile back by id, and that stands in for the read below if the key
+            // still names the profile.
             let id = match key {
                 ProfileKey::Id(id) => Some(*id),
                 ProfileKey::ExternalId(_) | ProfileKey::SerialNumber(_) => turn.as_ref().and_then(|hot| hot.id),
             };
-            // When the snapshot is stale, the write reads the profile back by id, and that
-            // stands in for the read below if the key still names the profile.
             let last = id.and_then(|id| self.written.take(tenant, id));
             let mut read_back = None;
             if let Some(before) = last.filter(|last| parts.within(last.parts))
