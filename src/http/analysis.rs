@@ -141,6 +141,51 @@ pub fn has_one_operation(document: &ExecutableDocument) -> bool {
     }
 }
 
+/// The longest chain of fragments in `document` that spread one another (a fragment that
+/// spreads another is 2). Brackets nest no deeper than the scan before
+/// parsing allowed, but such a chain nests without brackets, and every walk over the document
+/// (the analysis, validation's rules) recurses once per link; this one does not recurse along
+/// it. A cycle counts as the links that lead into it (validation reports the cycle).
+pub fn fragment_chain(document: &ExecutableDocument) -> usize {
+    fn spreads<'a>(set: &'a SelectionSet, into: &mut Vec<&'a Name>) {
+        for item in &set.items {
+            match &item.node {
+                Selection::Field(field) => spreads(&field.node.selection_set.node, into),
+                Selection::InlineFragment(fragment) => spreads(&fragment.node.selection_set.node, into),
+                Selection::FragmentSpread(spread) => into.push(&spread.node.fragment_name.node),
+            }
+        }
+    }
+    let mut graph: HashMap<&Name, Vec<&Name>> = HashMap::new();
+    for (name, fragment) in &document.fragments {
+        spreads(&fragment.node.selection_set.node, graph.entry(name).or_default());
+    }
+    // The longest chain from each fragment, found depth first with a stack of our own.
+    let mut longest: HashMap<&Name, usize> = HashMap::new();
+    for &start in graph.keys() {
+        if longest.contains_key(start) {
+            continue;
+        }
+        let mut stack = vec![(start, 0usize)];
+        let mut on_path: HashSet<&Name> = HashSet::from([start]);
+        while let Some(&mut (name, ref mut next)) = stack.last_mut() {
+            let children = graph.get(name).map_or(&[][..], Vec::as_slice);
+            if let Some(&child) = children.get(*next) {
+                *next += 1;
+                if graph.contains_key(child) && !longest.contains_key(child) && on_path.insert(child) {
+                    stack.push((child, 0));
+                }
+                continue;
+            }
+            let depth = 1 + children.iter().filter_map(|child| longest.get(child)).max().unwrap_or(&0);
+            longest.insert(name, depth);
+            on_path.remove(name);
+            stack.pop();
+        }
+    }
+    longest.values().max().copied().unwrap_or(0)
+}
+
 /// Checks `operation` of `document` against `limits` and the @oneOf variable rule, and the
 /// lists in `variables` against `limits`: [`analyze_operation`], then [`check_variables`].
 pub fn analyze(

@@ -34,10 +34,10 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde_json::{Value, json};
 
 use super::analysis::{
-    Analysis, Refusal, analyze, analyze_operation, check_variables, has_one_operation, select, variables_surely_valid,
-    vouches,
+    Analysis, Refusal, analyze, analyze_operation, check_variables, fragment_chain, has_one_operation, select,
+    variables_surely_valid, vouches,
 };
-use super::{AppState, RequestId};
+use super::{AppState, RequestId, scan};
 use crate::auth::{Principal, Scope};
 use crate::error::Code;
 use crate::idempotency::{self, Claim, StoredResponse};
@@ -209,14 +209,15 @@ impl Documents {
         )
     }
 
-    /// `request`'s parsed document, parsed only if its text was not seen lately; the request
-    /// gets a copy to execute.
-    fn parse(&self, request: &mut Request) -> Result<Arc<Parsed>, async_graphql::ServerError> {
+    /// `request`'s parsed document, parsed only if its text was not seen lately (and then
+    /// only once [`scan::document`] found its nesting within `max_nesting`); the request gets
+    /// a copy to execute.
+    fn parse(&self, request: &mut Request, max_nesting: usize) -> Result<Arc<Parsed>, Unparsed> {
         let parsed = match self.0.get(&request.query) {
             Some(parsed) => parsed,
             None => {
                 let parsed = Arc::new(Parsed {
-                    document: async_graphql::parser::parse_query(&request.query)?,
+                    document: parse_bounded(&request.query, max_nesting)?,
                     analysis: OnceLock::new(),
                     validated: AtomicBool::new(false),
                 });
@@ -227,6 +228,28 @@ impl Documents {
         request.set_parsed_query(parsed.document.clone());
         Ok(parsed)
     }
+}
+
+/// Parses `text` once [`scan::document`] found its brackets nested within `max_nesting`,
+/// and refuses it if fragments spread one another deeper than that ([`fragment_chain`]):
+/// whatever walks the document after this recurses no deeper.
+fn parse_bounded(text: &str, max_nesting: usize) -> Result<ExecutableDocument, Unparsed> {
+    scan::document(text, max_nesting).map_err(Unparsed::Flaw)?;
+    let document = async_graphql::parser::parse_query(text)
+        .map_err(|err| Unparsed::Syntax(async_graphql::ServerError::from(err).message))?;
+    if fragment_chain(&document) > max_nesting {
+        return Err(Unparsed::Flaw(scan::Flaw::TooDeep));
+    }
+    Ok(document)
+}
+
+/// Why a document was not parsed.
+#[derive(Debug)]
+enum Unparsed {
+    /// The scan before parsing refused it: the whole request is refused.
+    Flaw(scan::Flaw),
+    /// A syntax error, with the parser's message.
+    Syntax(String),
 }
 
 /// How much of async-graphql's validation a request needs.
@@ -272,6 +295,11 @@ pub async fn post(
             ));
         }
         let body = read_body(&state, &headers, body).await?;
+        // serde_json would read a number it cannot hold as the nearest one it can.
+        scan::json_numbers(&body).map_err(|flaw| {
+            let (code, message) = flaw.refusal();
+            Refuse::new(StatusCode::BAD_REQUEST, code, message)
+        })?;
         let key = idempotency_key(&headers)?;
         let respond = async {
             match parse_body(&body) {
@@ -582,11 +610,19 @@ impl async_graphql::Executor for SubscriptionsOnly {
         if request.query.len() > self.limits.max_document_bytes {
             return Self::refuse("DOCUMENT_TOO_LARGE", "The GraphQL document is too large.");
         }
+        let document = match parse_bounded(&request.query, self.limits.max_nesting) {
+            Ok(document) => document,
+            Err(Unparsed::Flaw(flaw)) => {
+                let (code, message) = flaw.refusal();
+                return Self::refuse(code, message);
+            }
+            Err(Unparsed::Syntax(message)) => return Self::refuse("GRAPHQL_PARSE_FAILED", message),
+        };
+        request.set_parsed_query(document);
         let variables = request.variables.clone();
         let operation_name = request.operation_name.clone();
-        let document = match request.parsed_query() {
-            Ok(document) => document,
-            Err(err) => return Self::refuse("GRAPHQL_PARSE_FAILED", err.message),
+        let Ok(document) = request.parsed_query() else {
+            return Self::refuse("GRAPHQL_PARSE_FAILED", "The document could not be parsed.");
         };
         if let Some(operation) = select(document, operation_name.as_deref()) {
             if operation.ty != OperationType::Subscription {
@@ -829,14 +865,14 @@ async fn run(
             )
             .into_response(media, request_id);
         }
-        let parsed = match state.documents.parse(&mut request) {
+        let parsed = match state.documents.parse(&mut request, limits.max_nesting) {
             Ok(parsed) => parsed,
-            Err(err) => {
-                prepared.push(request_error(
-                    StatusCode::BAD_REQUEST,
-                    "GRAPHQL_PARSE_FAILED",
-                    err.message,
-                ));
+            Err(Unparsed::Flaw(flaw)) => {
+                let (code, message) = flaw.refusal();
+                return Refuse::new(StatusCode::BAD_REQUEST, code, message).into_response(media, request_id);
+            }
+            Err(Unparsed::Syntax(message)) => {
+                prepared.push(request_error(StatusCode::BAD_REQUEST, "GRAPHQL_PARSE_FAILED", message));
                 continue;
             }
         };
@@ -1030,6 +1066,7 @@ async fn execute(
 
 #[cfg(test)]
 mod tests {
+    use super::super::Limits;
     use super::*;
 
     #[test]
@@ -1037,21 +1074,54 @@ mod tests {
         let documents = Documents::new();
         let text = "query($id: ID!) { profile(ref: {id: $id}) { id } }";
         let mut first = Request::new(text);
-        let parsed = documents.parse(&mut first).unwrap();
+        let parsed = documents.parse(&mut first, 64).unwrap();
         assert!(documents.0.contains_key(text));
         assert_eq!(
             format!("{:?}", first.parsed_query().unwrap()),
             format!("{:?}", parsed.document)
         );
         let mut again = Request::new(text);
-        assert!(Arc::ptr_eq(&documents.parse(&mut again).unwrap(), &parsed));
+        assert!(Arc::ptr_eq(&documents.parse(&mut again, 64).unwrap(), &parsed));
         assert_eq!(
             format!("{:?}", again.parsed_query().unwrap()),
             format!("{:?}", parsed.document)
         );
         let mut broken = Request::new("{ profile(");
-        assert!(documents.parse(&mut broken).is_err());
+        assert!(documents.parse(&mut broken, 64).is_err());
+        let mut deep = Request::new(format!("{{ a(x: {}) }}", "[".repeat(100)));
+        assert!(matches!(documents.parse(&mut deep, 64), Err(Unparsed::Flaw(scan::Flaw::TooDeep))));
         assert!(!documents.0.contains_key("{ profile("));
+    }
+
+    #[test]
+    fn fragments_spreading_one_another_count_as_nesting() {
+        let chain = |links: usize| {
+            let mut text = String::from("{ ...F0 }");
+            for i in 0..links {
+                text.push_str(&format!(" fragment F{i} on Query {{ ...F{} }}", i + 1));
+            }
+            text.push_str(&format!(" fragment F{links} on Query {{ __typename }}"));
+            text
+        };
+        assert!(parse_bounded(&chain(63), 64).is_ok());
+        assert!(matches!(parse_bounded(&chain(64), 64), Err(Unparsed::Flaw(scan::Flaw::TooDeep))));
+        assert!(matches!(parse_bounded(&chain(1_000), 64), Err(Unparsed::Flaw(scan::Flaw::TooDeep))));
+        // A cycle is left for validation to report; it is not a chain without end.
+        let cycle = "{ ...A } fragment A on Query { ...B } fragment B on Query { ...A __typename }";
+        assert_eq!(fragment_chain(&async_graphql::parser::parse_query(cycle).unwrap()), 2);
+    }
+
+    #[test]
+    fn a_document_of_the_default_size_nested_throughout_parses_on_a_worker_stack() {
+        let levels = (Limits::default().max_document_bytes - 32) / 2;
+        let text = format!("{{ a(x: {}1{}) }}", "[".repeat(levels), "]".repeat(levels));
+        assert!(text.len() <= Limits::default().max_document_bytes);
+        let parsed = std::thread::Builder::new()
+            .stack_size(super::super::WORKER_STACK_BYTES)
+            .spawn(move || async_graphql::parser::parse_query(&text).map(|document| fragment_chain(&document)))
+            .unwrap()
+            .join();
+        assert!(matches!(parsed, Ok(Ok(0))));
     }
 
     #[test]

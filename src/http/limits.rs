@@ -14,6 +14,10 @@ pub struct Limits {
     /// Deepest nesting of fields in an operation.
     #[arg(long, env = "MAX_QUERY_DEPTH", default_value_t = 16)]
     pub max_depth: usize,
+    /// Deepest nesting of brackets in a document (selection sets, lists, objects, arguments),
+    /// checked before the document is parsed.
+    #[arg(long, env = "MAX_NESTING", default_value_t = 64)]
+    pub max_nesting: usize,
     /// Most fields one operation may select, counting every fragment use.
     #[arg(long, env = "MAX_QUERY_COMPLEXITY", default_value_t = 1000)]
     pub max_complexity: usize,
@@ -51,6 +55,7 @@ impl Default for Limits {
             max_body_bytes: 1024 * 1024,
             max_document_bytes: 32 * 1024,
             max_depth: 16,
+            max_nesting: 64,
             max_complexity: 1000,
             max_aliases: 30,
             max_root_fields: 10,

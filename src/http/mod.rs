@@ -3,6 +3,7 @@
 mod analysis;
 mod graphql;
 pub mod limits;
+mod scan;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -32,6 +33,13 @@ use crate::auth::Keys;
 use crate::graphql::AppSchema;
 use crate::idempotency::IdempotencyKeys;
 use crate::store::Store;
+
+/// The stack of each thread that serves requests. The scan before parsing keeps every walk
+/// over a document within [`Limits::max_nesting`] levels, which need far less; this much
+/// (address space, of which a thread uses only what it touches) lets even a document of the
+/// default size nested throughout be parsed, so a path that recursed past the limit by mistake
+/// could not abort the process by overflowing its stack.
+pub const WORKER_STACK_BYTES: usize = 256 * 1024 * 1024;
 
 /// The tenant a newcomer's first key belongs to.
 pub const DEFAULT_TENANT: &str = "default";

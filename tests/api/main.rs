@@ -11,6 +11,7 @@ mod edge;
 mod faults;
 mod fuzz;
 mod history;
+mod hostile;
 mod idempotency;
 mod profiles;
 mod readme;

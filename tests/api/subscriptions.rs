@@ -42,12 +42,12 @@ impl Subscriber {
         }
     }
 
-    async fn send(&mut self, message: Value) {
+    pub async fn send(&mut self, message: Value) {
         self.socket.send(Message::text(message.to_string())).await.unwrap();
     }
 
     /// The next JSON message, `None` on close or after `wait`.
-    async fn message(&mut self, wait: Duration) -> Option<Value> {
+    pub async fn message(&mut self, wait: Duration) -> Option<Value> {
         loop {
             match tokio::time::timeout(wait, self.socket.next()).await.ok()?? {
                 Ok(Message::Text(text)) => {

@@ -1,0 +1,139 @@
+//! What a client with the lowest scope can send to crash, poison or starve the gateway, and
+//! what it gets instead: a refusal with a code, and a server that goes on serving.
+
+use std::time::Duration;
+
+use profile_gateway::auth::Scope;
+use proptest::prelude::*;
+use proptest::strategy::ValueTree;
+use proptest::test_runner::TestRunner;
+use serde_json::{Value, json};
+
+use crate::helpers::TestApp;
+use crate::subscriptions::Subscriber;
+
+/// `levels` of `open`, an innermost `leaf`, and as many `close`.
+fn nested(open: &str, leaf: &str, close: &str, levels: usize) -> String {
+    format!("{}{leaf}{}", open.repeat(levels), close.repeat(levels))
+}
+
+/// A chain of `links` fragments, each spreading the next.
+fn fragment_chain(links: usize) -> String {
+    let mut text = String::from("{ ...F0 }");
+    for i in 0..links {
+        text.push_str(&format!(" fragment F{i} on Query {{ ...F{} }}", i + 1));
+    }
+    text.push_str(&format!(" fragment F{links} on Query {{ __typename }}"));
+    text
+}
+
+/// Posts `body` with `key`: the status and the JSON body.
+async fn post(app: &TestApp, key: &str, body: &Value) -> (u16, Value) {
+    let response = app.post(Some(key), body).await;
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+fn code(body: &Value) -> &str {
+    body["errors"][0]["extensions"]["code"].as_str().unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deeply_nested_document_is_refused_with_400_before_it_is_parsed() {
+    let app = TestApp::sqlite().await;
+    let key = app.key("default", Scope::Read).await;
+    let documents = [
+        format!("{{ customFields(x: {}) {{ name }} }}", nested("[", "1", "]", 2_000)),
+        format!("{{ customFields(x: {}) {{ name }} }}", nested("{a: ", "1", "}", 2_000)),
+        nested("{ a ", "b", "}", 2_000),
+        fragment_chain(500),
+    ];
+    for document in documents {
+        let (status, body) = post(&app, &key, &json!({ "query": document })).await;
+        assert_eq!((status, code(&body)), (400, "NESTING_TOO_DEEP"), "{body}");
+    }
+    // A document within the limit is answered as usual.
+    let (status, body) = post(&app, &key, &json!({ "query": fragment_chain(10) })).await;
+    assert_eq!((status, &body["data"]), (200, &json!({"__typename": "Query"})), "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deeply_nested_subscription_is_refused_on_its_socket_which_goes_on_serving() {
+    let app = TestApp::sqlite().await;
+    let key = app.key("default", Scope::Write).await;
+    let mut subscriber = Subscriber::connect(&app.address, json!({"X-API-Key": key})).await.unwrap();
+    let deep = format!(
+        "subscription {{ profileChanged(ref: {{id: {}}}) {{ version }} }}",
+        nested("[", "\"x\"", "]", 1_600)
+    );
+    subscriber.subscribe("1", &deep, json!({})).await;
+    let refused = subscriber.message(Duration::from_secs(10)).await.expect("an answer");
+    assert_eq!(refused["id"], "1", "{refused}");
+    assert_eq!(refused["payload"]["errors"][0]["extensions"]["code"], "NESTING_TOO_DEEP", "{refused}");
+    let complete = subscriber.message(Duration::from_secs(10)).await.expect("an answer");
+    assert_eq!(complete, json!({"id": "1", "type": "complete"}));
+    let probe = app.create(json!({})).await["id"].as_str().unwrap().to_owned();
+    subscriber.subscribe("2", crate::subscriptions::EVERY_CHANGE, json!({})).await;
+    subscriber.wait_until_live(&app, &key, &probe).await;
+}
+
+/// Documents of random shape: brackets, fragments and selections nested and repeated, some
+/// far past every limit.
+fn hostile_document() -> impl Strategy<Value = String> {
+    let brackets = prop::sample::select(vec![("[", "1", "]"), ("{a: ", "1", "}"), ("[{a: ", "\"x\"", "}]")]);
+    prop_oneof![
+        (brackets.clone(), 0usize..3_000).prop_map(|((open, leaf, close), levels)| format!(
+            "{{ customFields(x: {}) {{ name }} }}",
+            nested(open, leaf, close, levels)
+        )),
+        (0usize..3_000).prop_map(|levels| nested("{ profiles ", "{ totalCount }", "}", levels)),
+        (0usize..900).prop_map(fragment_chain),
+        (1usize..400, 1usize..60).prop_map(|(wide, deep)| format!(
+            "{{ {} }}",
+            vec![format!("p: profiles(first: 1) {{ nodes {{ id }} }} c: customFields(x: {})", nested("[", "2", "]", deep)); wide].join(" ")
+        )),
+        (brackets, 0usize..200).prop_map(|((open, leaf, close), levels)| format!(
+            "mutation {{ updateProfile(ref: {{externalId: \"x\"}}, update: {{scrip: {{attributes: {{deep: {}}}}}}}) {{ version }} }}",
+            nested(open, leaf, close, levels)
+        )),
+    ]
+}
+
+/// Variables nested at random, past what JSON parsers take.
+fn hostile_variables() -> impl Strategy<Value = String> {
+    (0usize..300, prop::sample::select(vec![("[", "]"), ("{\"a\": ", "}")]))
+        .prop_map(|(levels, (open, close))| format!("{{\"v\": {}}}", nested(open, "1", close, levels)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deep_and_wide_documents_and_variables_never_take_the_server_down() {
+    let app = TestApp::sqlite().await;
+    let key = app.key("default", Scope::Write).await;
+    let mut runner = TestRunner::deterministic();
+    for _ in 0..60 {
+        let document = hostile_document().new_tree(&mut runner).unwrap().current();
+        let variables = hostile_variables().new_tree(&mut runner).unwrap().current();
+        let body = format!(
+            "{{\"query\": {}, \"variables\": {variables}}}",
+            Value::String(document.clone())
+        );
+        let response = app
+            .client
+            .post(format!("{}/graphql", app.address))
+            .header("X-API-Key", &key)
+            .header("Content-Type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .expect("the server answers");
+        let status = response.status().as_u16();
+        let answer: Value = response.json().await.expect("a JSON answer");
+        assert!(status < 500, "{status} {answer} for {}", &document[..document.len().min(200)]);
+        let coded = answer["errors"]
+            .as_array()
+            .is_none_or(|errors| errors.iter().all(|e| e["extensions"]["code"].is_string()));
+        assert!(coded, "an error without a code: {answer}");
+    }
+    let (status, _) = post(&app, &key, &json!({"query": "{ __typename }"})).await;
+    assert_eq!(status, 200);
+}
