@@ -19,6 +19,10 @@ use crate::store::{Store, TenantId};
 /// How long a key is remembered.
 pub const RETENTION: Duration = Duration::hours(24);
 
+/// The largest response kept for a replay; a larger one is replaced by a note that the
+/// request was applied (a mutation's answer is rarely near this).
+pub const MAX_STORED_RESPONSE_BYTES: usize = 256 * 1024;
+
 /// A response as it was sent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredResponse {

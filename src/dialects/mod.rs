@@ -111,6 +111,15 @@ fn attribute_object(value: Value, path: &str, keep_nulls: bool) -> Result<Map<St
                 "An attribute value must not contain the NUL character (U+0000).",
             ));
         }
+        if rules::json_depth(value) > rules::MAX_ATTRIBUTE_DEPTH {
+            return Err(Fault::validation(
+                at(),
+                format!(
+                    "An attribute value nests lists and objects at most {} levels deep.",
+                    rules::MAX_ATTRIBUTE_DEPTH
+                ),
+            ));
+        }
     }
     Ok(map
         .into_iter()

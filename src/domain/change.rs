@@ -247,8 +247,18 @@ fn check_limits(profile: &Profile) -> Result<(), Fault> {
             ),
         ));
     }
-    // The 100-key limit applies to each attributes object an update sends (see
-    // `rules::MAX_ATTRIBUTES`); what a profile accumulates is bounded by its JSON size.
+    // One update names at most `rules::MAX_ATTRIBUTES` keys (checked where it is read); the
+    // profile holds more, up to its own cap.
+    if profile.attributes.len() > rules::MAX_PROFILE_ATTRIBUTES {
+        return Err(Fault::validation(
+            "attributes",
+            format!(
+                "A profile holds at most {} attribute keys; this would leave {}.",
+                rules::MAX_PROFILE_ATTRIBUTES,
+                profile.attributes.len()
+            ),
+        ));
+    }
     let size = serde_json::to_vec(&profile.attributes).map_or(usize::MAX, |json| json.len());
     if size > rules::MAX_ATTRIBUTES_JSON_BYTES {
         return Err(Fault::validation(

@@ -7,12 +7,14 @@ use super::Field;
 
 pub const MAX_TAGS: usize = 100;
 pub const MAX_GROUPS: usize = 100;
-/// Keys one update may send in an attributes object (or metadata list). DIALECTS.md caps a
-/// profile at 100 keys, but issue #2 requires eight concurrent clients to leave 200 distinct
-/// keys on one profile; until that is settled, the cap applies per update and the profile's
-/// attributes are bounded by [`MAX_ATTRIBUTES_JSON_BYTES`].
+/// Keys one update may name in an attributes object (or metadata list).
 pub const MAX_ATTRIBUTES: usize = 100;
+/// Keys a profile's attributes may hold.
+pub const MAX_PROFILE_ATTRIBUTES: usize = 256;
 pub const MAX_ATTRIBUTES_JSON_BYTES: usize = 16 * 1024;
+/// Levels of lists and objects an attribute value may nest (`{"a": [[1]]}`: the value of `a`
+/// nests two). Deeper values could be stored but not read back by every JSON reader.
+pub const MAX_ATTRIBUTE_DEPTH: usize = 32;
 pub const MAX_ATTRIBUTE_KEY_CHARS: usize = 100;
 pub const MAX_TAG_KEY_CHARS: usize = 50;
 pub const MAX_TAG_VALUE_CHARS: usize = 200;
@@ -80,6 +82,15 @@ pub fn json_has_nul(value: &serde_json::Value) -> bool {
         serde_json::Value::Array(items) => items.iter().any(json_has_nul),
         serde_json::Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || json_has_nul(v)),
         _ => false,
+    }
+}
+
+/// How many levels of lists and objects `value` nests: 0 for a scalar, 1 for `[1]`.
+pub fn json_depth(value: &serde_json::Value) -> usize {
+    match value {
+        serde_json::Value::Array(items) => 1 + items.iter().map(json_depth).max().unwrap_or(0),
+        serde_json::Value::Object(map) => 1 + map.values().map(json_depth).max().unwrap_or(0),
+        _ => 0,
     }
 }
 
@@ -184,6 +195,14 @@ mod tests {
         assert!(json_has_nul(&json!("a\u{0}")));
         assert!(json_has_nul(&json!({"a": [{"b": "\u{0}"}]})));
         assert!(json_has_nul(&json!({"a": {"k\u{0}": 1}})));
+    }
+
+    #[test]
+    fn depth_counts_levels_of_lists_and_objects() {
+        use serde_json::json;
+        assert_eq!(json_depth(&json!("x")), 0);
+        assert_eq!(json_depth(&json!([])), 1);
+        assert_eq!(json_depth(&json!({"a": [1, [2]], "b": 3})), 3);
     }
 
     #[test]

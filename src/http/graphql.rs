@@ -213,19 +213,22 @@ impl Documents {
     /// only once [`scan::document`] found its nesting within `max_nesting`); the request gets
     /// a copy to execute.
     fn parse(&self, request: &mut Request, max_nesting: usize) -> Result<Arc<Parsed>, Unparsed> {
-        let parsed = match self.0.get(&request.query) {
-            Some(parsed) => parsed,
-            None => {
-                let parsed = Arc::new(Parsed {
-                    document: parse_bounded(&request.query, max_nesting)?,
-                    analysis: OnceLock::new(),
-                    validated: AtomicBool::new(false),
-                });
-                self.0.insert(request.query.clone(), parsed.clone());
-                parsed
-            }
-        };
+        let parsed = self.parsed(&request.query, max_nesting)?;
         request.set_parsed_query(parsed.document.clone());
+        Ok(parsed)
+    }
+
+    /// The parsed document of `text`, from the cache or parsed now (and kept).
+    fn parsed(&self, text: &str, max_nesting: usize) -> Result<Arc<Parsed>, Unparsed> {
+        if let Some(parsed) = self.0.get(text) {
+            return Ok(parsed);
+        }
+        let parsed = Arc::new(Parsed {
+            document: parse_bounded(text, max_nesting)?,
+            analysis: OnceLock::new(),
+            validated: AtomicBool::new(false),
+        });
+        self.0.insert(text.to_owned(), parsed.clone());
         Ok(parsed)
     }
 }
@@ -301,12 +304,12 @@ pub async fn post(
             Refuse::new(StatusCode::BAD_REQUEST, code, message)
         })?;
         let key = idempotency_key(&headers)?;
-        let respond = async {
-            match parse_body(&body) {
-                Ok((requests, batch)) => run(&state, principal, requests, batch, Method::Post, media, request_id).await,
-                Err(refusal) => refusal.into_response(media, request_id),
-            }
-        };
+        let (requests, batch) = parse_body(&body)?;
+        // Only a mutation that this caller may run claims its key: a query is safe to repeat
+        // (and its stored answer could be large), and a caller whose scope is too small gets
+        // FORBIDDEN, as without the header, rather than another caller's stored response.
+        let key = key.filter(|_| !batch && requests.first().is_some_and(|r| may_mutate(&state, principal, r)));
+        let respond = run(&state, principal, requests, batch, Method::Post, media, request_id);
         Ok::<_, Refuse>(match key {
             // Boxed: its database round trips' futures would make every request's larger
             // (axum moves each request's future into a box, and that copies all of it).
@@ -355,6 +358,24 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Refuse> {
             "BAD_REQUEST",
             "An Idempotency-Key has 1 to 255 visible ASCII characters.",
         )),
+    }
+}
+
+/// Whether `request` is a mutation that `principal`'s scope allows (`false` when its
+/// document does not parse or select one operation: [`run`] answers that).
+fn may_mutate(state: &AppState, principal: Principal, request: &Request) -> bool {
+    let Ok(parsed) = state.documents.parsed(&request.query, state.limits.max_nesting) else {
+        return false;
+    };
+    let Some(operation) = select(&parsed.document, request.operation_name.as_deref()) else {
+        return false;
+    };
+    match &*parsed.analyze(state, operation) {
+        Ok(analysis) => {
+            analysis.kind == OperationType::Mutation
+                && principal.scope >= required_scope(analysis.kind, &analysis.root_fields)
+        }
+        Err(_) => false,
     }
 }
 
@@ -440,16 +461,23 @@ async fn remember(state: &AppState, tenant: TenantId, key: &str, response: Respo
     };
     let stored = if parts.status.is_server_error() {
         state.idempotency.release(tenant, key).await
-    } else {
-        let content_type = parts
-            .headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_owned();
+    } else if bytes.len() > idempotency::MAX_STORED_RESPONSE_BYTES {
+        // The mutation ran: a retry must not run it again, but need not get all of it back.
+        let note = json!({ "errors": [{
+            "message": "The first request with this Idempotency-Key was applied, but its response was too \
+                        large to keep; read the result with a query.",
+            "extensions": { "code": "IDEMPOTENT_RESPONSE_NOT_KEPT" }
+        }] });
         let response = StoredResponse {
             status: parts.status.as_u16(),
-            content_type,
+            content_type: media_of(&parts.headers),
+            body: note.to_string(),
+        };
+        state.idempotency.complete(tenant, key, &response).await
+    } else {
+        let response = StoredResponse {
+            status: parts.status.as_u16(),
+            content_type: media_of(&parts.headers),
             body: String::from_utf8_lossy(&bytes).into_owned(),
         };
         state.idempotency.complete(tenant, key, &response).await
@@ -458,6 +486,14 @@ async fn remember(state: &AppState, tenant: TenantId, key: &str, response: Respo
         tracing::error!(error = %err, "the idempotency key's outcome could not be stored");
     }
     Response::from_parts(parts, Body::from(bytes))
+}
+
+fn media_of(headers: &HeaderMap) -> String {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned()
 }
 
 /// GET: a query in the query string, or a WebSocket upgrade for subscriptions.

@@ -10,6 +10,7 @@ use proptest::test_runner::TestRunner;
 use serde_json::{Value, json};
 
 use crate::helpers::TestApp;
+use crate::on_both_databases;
 use crate::subscriptions::Subscriber;
 
 /// `levels` of `open`, an innermost `leaf`, and as many `close`.
@@ -93,7 +94,7 @@ fn hostile_document() -> impl Strategy<Value = String> {
             vec![format!("p: profiles(first: 1) {{ nodes {{ id }} }} c: customFields(x: {})", nested("[", "2", "]", deep)); wide].join(" ")
         )),
         (brackets, 0usize..200).prop_map(|((open, leaf, close), levels)| format!(
-            "mutation {{ updateProfile(ref: {{externalId: \"x\"}}, update: {{scrip: {{attributes: {{deep: {}}}}}}}) {{ version }} }}",
+            "mutation {{ updateProfile(ref: {{externalId: \"x\"}}, update: {{scrip: {{attributes: {{deep: {}}}}}}}) {{ profile {{ version }} }} }}",
             nested(open, leaf, close, levels)
         )),
     ]
@@ -136,4 +137,90 @@ async fn deep_and_wide_documents_and_variables_never_take_the_server_down() {
     }
     let (status, _) = post(&app, &key, &json!({"query": "{ __typename }"})).await;
     assert_eq!(status, 200);
+}
+
+on_both_databases! {
+    async fn attribute_values_nest_at_most_32_levels_however_they_arrive(app) {
+        let id = app.create(json!({})).await["id"].as_str().unwrap().to_owned();
+        let deepest = serde_json::from_str::<Value>(&nested("[", "1", "]", 32)).unwrap();
+        let inline = |levels: usize| format!(
+            "mutation {{ updateProfile(ref: {{id: \"{id}\"}}, update: {{scrip: {{attributes: {{deep: {}}}}}}}) {{ profile {{ version }} }} }}",
+            nested("[", "1", "]", levels)
+        );
+        let response = app.graphql(&inline(33), json!({})).await;
+        assert_eq!(code(&response), "VALIDATION_FAILED", "{response}");
+        assert_eq!(response["errors"][0]["extensions"]["field"], "attributes.deep", "{response}");
+        let response = app.update(&id, json!({"scrip": {"attributes": {"deep": [deepest.clone()]}}})).await;
+        assert_eq!(code(&response), "VALIDATION_FAILED", "{response}");
+        let response = app.graphql(&inline(32), json!({})).await;
+        assert!(response.get("errors").is_none(), "{response}");
+        // What was stored reads back, in the profile and in its history.
+        let read = app
+            .ok("query($id: ID!) { profile(ref: {id: $id}) { attributes history(first: 1) { nodes { changes { after } } } } }", json!({"id": id}))
+            .await;
+        assert_eq!(read["profile"]["attributes"]["deep"], deepest);
+        assert_eq!(read["profile"]["history"]["nodes"][0]["changes"][0]["after"], deepest);
+    }
+
+    async fn a_number_is_kept_exactly_or_refused_with_validation_failed(app) {
+        let id = app.create(json!({})).await["id"].as_str().unwrap().to_owned();
+        for number in ["123456789012345678901234567890", "-1e-400", "1e400", "0.1000000000000000000001"] {
+            let inline = format!(
+                "mutation {{ updateProfile(ref: {{id: \"{id}\"}}, update: {{scrip: {{attributes: {{n: {number}}}}}}}) {{ profile {{ version }} }} }}"
+            );
+            let (status, body) = post(&app, &app.admin_key, &json!({"query": inline})).await;
+            assert_eq!((status, code(&body)), (400, "VALIDATION_FAILED"), "{number} inline: {body}");
+            let body = format!(
+                "{{\"query\": \"mutation($u: ProfileUpdate!) {{ updateProfile(ref: {{id: \\\"{id}\\\"}}, update: $u) {{ profile {{ version }} }} }}\", \
+                 \"variables\": {{\"u\": {{\"scrip\": {{\"attributes\": {{\"n\": {number}}}}}}}}}}}"
+            );
+            let response = app
+                .client
+                .post(format!("{}/graphql", app.address))
+                .header("X-API-Key", &app.admin_key)
+                .header("Content-Type", "application/json")
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            let status = response.status().as_u16();
+            let body: Value = response.json().await.unwrap();
+            assert_eq!((status, code(&body)), (400, "VALIDATION_FAILED"), "{number} in variables: {body}");
+        }
+        // What is accepted reads back as the same number, on either database.
+        let kept = "mutation($id: ID!) { updateProfile(ref: {id: $id}, update: {scrip: {attributes: \
+                    {max: 1.7976931348623157e308, tiny: 5e-324, big: 9007199254740993, neg: -9223372036854775808, \
+                    dec: 12.50, e: 2.5e-3}}}) { profile { version } } }";
+        let response = app.graphql(kept, json!({"id": id})).await;
+        assert!(response.get("errors").is_none(), "{response}");
+        let attributes = &app.profile(&id).await["attributes"];
+        assert_eq!(attributes["max"], json!(f64::MAX));
+        assert_eq!(attributes["tiny"], json!(5e-324));
+        assert_eq!(attributes["big"], json!(9_007_199_254_740_993_i64));
+        assert_eq!(attributes["neg"], json!(i64::MIN));
+        assert_eq!(attributes["dec"], json!(12.5));
+        assert_eq!(attributes["e"], json!(0.0025));
+        // And keeps reading back after another update.
+        let response = app.update(&id, json!({"scrip": {"attributes": {"other": 1}}})).await;
+        assert!(response.get("errors").is_none(), "{response}");
+    }
+
+    async fn a_profile_holds_at_most_256_attribute_keys_and_an_update_names_at_most_100(app) {
+        let id = app.create(json!({})).await["id"].as_str().unwrap().to_owned();
+        let keys = |from: usize, count: usize| {
+            Value::Object((from..from + count).map(|i| (format!("k{i}"), json!(i))).collect())
+        };
+        let response = app.update(&id, json!({"scrip": {"attributes": keys(0, 101)}})).await;
+        assert_eq!(code(&response), "VALIDATION_FAILED", "{response}");
+        for from in [0, 100] {
+            let response = app.update(&id, json!({"scrip": {"attributes": keys(from, 100)}})).await;
+            assert!(response.get("errors").is_none(), "{response}");
+        }
+        let response = app.update(&id, json!({"scrip": {"attributes": keys(200, 57)}})).await;
+        assert_eq!(code(&response), "VALIDATION_FAILED", "{response}");
+        assert_eq!(response["errors"][0]["extensions"]["field"], "attributes", "{response}");
+        let response = app.update(&id, json!({"scrip": {"attributes": keys(200, 56)}})).await;
+        assert!(response.get("errors").is_none(), "{response}");
+        assert_eq!(app.profile(&id).await["attributes"].as_object().unwrap().len(), 256);
+    }
 }

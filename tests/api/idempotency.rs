@@ -133,3 +133,30 @@ async fn a_request_that_failed_on_our_side_frees_its_key_for_a_retry() {
     assert_eq!((status, replayed), (200, None), "{body}");
     assert_eq!(app.total().await, 1);
 }
+
+on_both_databases! {
+    async fn a_replay_checks_the_callers_scope_first(app) {
+        let (status, _, first) = app.send_once(&app.admin_key, "signup-1", CREATE).await;
+        assert_eq!(status, 200, "{first}");
+        let reader = app.key("default", Scope::Read).await;
+        let (status, replayed, body) = app.send_once(&reader, "signup-1", CREATE).await;
+        let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(replayed, None);
+        assert_eq!(body["errors"][0]["extensions"]["code"], "FORBIDDEN", "{body} ({status})");
+        assert_eq!(app.total().await, 1);
+    }
+
+    async fn a_query_with_an_idempotency_key_runs_each_time_and_stores_nothing(app) {
+        let query = json!({"query": COUNT}).to_string();
+        let (_, replayed, before) = app.send_once(&app.admin_key, "read-1", &query).await;
+        assert_eq!(replayed, None);
+        app.send_once(&app.admin_key, "create-1", CREATE).await;
+        let (_, replayed, after) = app.send_once(&app.admin_key, "read-1", &query).await;
+        assert_eq!(replayed, None);
+        assert_ne!(before, after);
+        let db = profile_gateway::db::connect(&app.database_url).await.unwrap();
+        let count = Statement::from_string(db.get_database_backend(), "SELECT COUNT(*) AS n FROM idempotency_keys");
+        let stored: i64 = db.query_one_raw(count).await.unwrap().unwrap().try_get("", "n").unwrap();
+        assert_eq!(stored, 1);
+    }
+}
