@@ -77,6 +77,7 @@ impl TryFrom<CreateProfileInput> for ChangeSet {
         }
         let mut seen = HashSet::new();
         for (i, TagInput { key, value }) in tags.into_iter().enumerate() {
+            let key = rules::nfc(key);
             let path = format!("tags[{i}]");
             fragment::check(&key, Some(&value), &path)?;
             if !seen.insert(key.clone()) {

@@ -66,6 +66,7 @@ impl TryFrom<FragmentUserPatch> for ChangeSet {
             ("set", TagWrite::Set, ops.set),
         ] {
             for (i, TagInput { key, value }) in tags.unwrap_or_default().into_iter().enumerate() {
+                let key = rules::nfc(key);
                 let path = format!("tags.{list}[{i}]");
                 check(&key, Some(&value), &path)?;
                 claim(&key, path.clone())?;
@@ -78,6 +79,7 @@ impl TryFrom<FragmentUserPatch> for ChangeSet {
             }
         }
         for (i, TagKeyInput { key }) in ops.delete.unwrap_or_default().into_iter().enumerate() {
+            let key = rules::nfc(key);
             let path = format!("tags.delete[{i}]");
             check(&key, None, &path)?;
             claim(&key, path)?;

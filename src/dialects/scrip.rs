@@ -61,6 +61,7 @@ impl TryFrom<ScripParticipantPatch> for ChangeSet {
             MaybeUndefined::Undefined => {}
             MaybeUndefined::Null => change.push(Op::ReplaceTags(Default::default())),
             MaybeUndefined::Value(tags) => {
+                let tags: Vec<String> = tags.into_iter().map(rules::nfc).collect();
                 for (i, key) in tags.iter().enumerate() {
                     rules::tag_key(key)
                         .map_err(|reason| Fault::validation(format!("tags[{i}]"), format!("A tag key {reason}.")))?;

@@ -49,6 +49,17 @@ pub fn field_text(field: Field, value: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// `key` in Unicode normal form C, so that a key typed with a precomposed "é" and one with
+/// "e" and a combining accent are one key, as they look.
+pub fn nfc(key: String) -> String {
+    use unicode_normalization::{IsNormalized, UnicodeNormalization, is_nfc_quick};
+    if is_nfc_quick(key.chars()) == IsNormalized::Yes {
+        key
+    } else {
+        key.nfc().collect()
+    }
+}
+
 /// A tag key in any dialect.
 pub fn tag_key(key: &str) -> Result<(), String> {
     non_empty_text(key, MAX_TAG_KEY_CHARS)
@@ -203,6 +214,13 @@ mod tests {
         assert_eq!(json_depth(&json!("x")), 0);
         assert_eq!(json_depth(&json!([])), 1);
         assert_eq!(json_depth(&json!({"a": [1, [2]], "b": 3})), 3);
+    }
+
+    #[test]
+    fn keys_are_brought_to_normal_form_c() {
+        assert_eq!(nfc("Cafe\u{301}".to_owned()), "Caf\u{e9}");
+        assert_eq!(nfc("Caf\u{e9}".to_owned()), "Caf\u{e9}");
+        assert_eq!(nfc("vip".to_owned()), "vip");
     }
 
     #[test]

@@ -45,7 +45,7 @@ impl Query {
         let filter = filter.unwrap_or_default();
         let filter = store::ProfileFilter {
             status: filter.status.map(Into::into),
-            tag: filter.tag,
+            tag: filter.tag.map(crate::domain::rules::nfc),
             group: filter.group,
         };
         // Counting every match costs a query of its own: only when the client asks.

@@ -1063,6 +1063,14 @@ async fn execute(
     };
     // The usual case goes straight to text; a request error is reshaped first (below).
     if executed(&response) {
+        // Every error of our resolvers has a code; one without is async-graphql's, refusing an
+        // argument's value as its type (an Int past 32 bits, say).
+        for error in &mut response.errors {
+            let extensions = error.extensions.get_or_insert_with(Default::default);
+            if extensions.get("code").is_none() {
+                extensions.set("code", Code::ValidationFailed.as_str());
+            }
+        }
         response.extensions.insert(
             "requestId".to_owned(),
             async_graphql::Value::String(request_id.to_string()),

@@ -224,3 +224,37 @@ on_both_databases! {
         assert_eq!(app.profile(&id).await["attributes"].as_object().unwrap().len(), 256);
     }
 }
+
+on_both_databases! {
+    async fn tag_keys_that_look_the_same_are_one_key(app) {
+        let (composed, decomposed) = ("Caf\u{e9}", "Cafe\u{301}");
+        let id = app.create(json!({"tags": [{"key": decomposed, "value": "a"}]})).await["id"].as_str().unwrap().to_owned();
+        let response = app.update(&id, json!({"fragment": {"tags": {"create": [{"key": composed, "value": "b"}]}}})).await;
+        assert_eq!(code(&response), "TAG_ALREADY_EXISTS", "{response}");
+        let response = app.update(&id, json!({"scrip": {"tags": [composed, decomposed]}})).await;
+        assert!(response.get("errors").is_none(), "{response}");
+        assert_eq!(app.profile(&id).await["tags"], json!([{"key": composed, "value": null}]));
+        let found = app.ok("query($t: String) { profiles(filter: {tag: $t}) { totalCount } }", json!({"t": decomposed})).await;
+        assert_eq!(found["profiles"]["totalCount"], 1);
+        let response = app.update(&id, json!({"fragment": {"tags": {"delete": [{"key": decomposed}]}}})).await;
+        assert!(response.get("errors").is_none(), "{response}");
+        assert_eq!(app.profile(&id).await["tags"], json!([]));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_argument_its_type_cannot_hold_is_refused_with_a_code() {
+    let app = TestApp::sqlite().await;
+    for (query, variables) in [
+        ("{ profiles(first: 2147483648) { totalCount } }", json!({})),
+        ("query($f: Int!) { profiles(first: $f) { totalCount } }", json!({"f": 2_147_483_648_i64})),
+        (
+            "mutation { updateProfile(ref: {id: \"x\"}, update: {scrip: {tags: []}}, expectedVersion: 99999999999) { changes { field } } }",
+            json!({}),
+        ),
+    ] {
+        let response = app.graphql(query, variables).await;
+        let errors = response["errors"].as_array().expect("errors");
+        assert!(errors.iter().all(|e| e["extensions"]["code"].is_string()), "{response}");
+    }
+}
