@@ -1,6 +1,7 @@
 //! The `profile-gateway` command line.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use clap::{ArgAction, Args, Parser, Subcommand};
 use uuid::Uuid;
@@ -34,6 +35,10 @@ pub enum Command {
         /// on another replica (or by `apikey revoke`) stops working within this time. 0: never.
         #[arg(long, env = "API_KEY_CACHE_SECS", default_value_t = DEFAULT_API_KEY_CACHE.as_secs())]
         api_key_cache_secs: u64,
+        /// Seconds a shutdown (SIGTERM, ctrl-c) may take: in-flight requests that have not
+        /// finished by then are dropped and the process exits.
+        #[arg(long, env = "SHUTDOWN_TIMEOUT_SECS", default_value_t = 15)]
+        shutdown_timeout_secs: u64,
         #[command(flatten)]
         limits: Limits,
     },
@@ -122,6 +127,7 @@ pub async fn run(cli: Cli) -> Result<(), BoxError> {
             database,
             introspection,
             api_key_cache_secs,
+            shutdown_timeout_secs,
             limits,
         } => {
             let store = database.open().await?;
@@ -153,7 +159,7 @@ pub async fn run(cli: Cli) -> Result<(), BoxError> {
             };
             let router = crate::http::router(store, config)?;
             let listener = crate::http::bind(listen).await?;
-            crate::http::serve(listener, router, lifecycle).await?;
+            crate::http::serve(listener, router, lifecycle, Duration::from_secs(shutdown_timeout_secs)).await?;
         }
         Command::Migrate { database } => {
             database.open().await?;

@@ -145,9 +145,15 @@ struct Served {
 }
 
 fn serve() -> Served {
+    serve_with(&[])
+}
+
+/// `serve` with `args` added.
+fn serve_with(args: &[&str]) -> Served {
     let dir = tempfile::tempdir().unwrap();
     let mut child = Command::new(BIN)
         .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(args)
         .current_dir(dir.path())
         .env_remove("DATABASE_URL")
         .env_remove("LISTEN_ADDR")
@@ -364,6 +370,30 @@ fn sigterm_drains_in_flight_requests_closes_subscriptions_and_exits_0() {
     // The log thread writes out what was queued before the process ends.
     let last = std::iter::from_fn(|| served.log.recv_timeout(Duration::from_secs(10)).ok()).last();
     assert!(last.as_deref().is_some_and(|line| line.contains("stopped")), "{last:?}");
+}
+
+#[test]
+fn sigterm_exits_within_the_shutdown_timeout_whatever_clients_do() {
+    use std::io::Write;
+    let mut served = serve_with(&["--shutdown-timeout-secs", "2"]);
+    let address = served.address.trim_start_matches("http://").to_owned();
+    // A request whose body never arrives, and one whose headers are half sent.
+    let mut stuck = std::net::TcpStream::connect(&address).unwrap();
+    write!(
+        stuck,
+        "POST /graphql HTTP/1.1\r\nHost: x\r\nX-API-Key: {}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{",
+        served.key
+    )
+    .unwrap();
+    let mut half = std::net::TcpStream::connect(&address).unwrap();
+    write!(half, "GET /healthz HTTP/1.1\r\nHo").unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let started = Instant::now();
+    served.terminate();
+    let status = served.exit_status(Duration::from_secs(10)).expect("the server exits");
+    assert!(status.success(), "{status:?}");
+    assert!(started.elapsed() < Duration::from_secs(4), "took {:?}", started.elapsed());
+    drop((stuck, half));
 }
 
 #[test]

@@ -327,9 +327,36 @@ pub async fn post(
             }
             None => respond.await,
         })
+    };
+    within_time(&state, result, media, request_id).await
+}
+
+/// Answers `handling`, or TIMEOUT (504) when all of it (the key, the body, waiting for an
+/// idempotent twin, execution) takes longer than the time limit: execution has a limit of its
+/// own, and this bounds the rest, a moment later so that execution's own answer (which frees
+/// an idempotency key) comes first.
+async fn within_time(
+    state: &AppState,
+    handling: impl Future<Output = Result<Response, Refuse>>,
+    media: Media,
+    request_id: RequestId,
+) -> Response {
+    let limit = state.limits.request_timeout() + std::time::Duration::from_millis(500);
+    match tokio::time::timeout(limit, handling).await {
+        Ok(result) => result.unwrap_or_else(|refusal| refusal.into_response(media, request_id)),
+        Err(_) => {
+            tracing::warn!("request timed out");
+            timed_out().into_response(media, request_id)
+        }
     }
-    .await;
-    result.unwrap_or_else(|refusal| refusal.into_response(media, request_id))
+}
+
+fn timed_out() -> Refuse {
+    Refuse::new(
+        StatusCode::GATEWAY_TIMEOUT,
+        "TIMEOUT",
+        "The request took too long and was stopped.",
+    )
 }
 
 /// A place among the requests served at once, held until the response is made; refused
@@ -517,9 +544,8 @@ pub async fn get(
         let principal = authenticate(&state, &headers).await?;
         let request = parse_query_string(query.unwrap_or_default())?;
         Ok::<_, Refuse>(run(&state, principal, vec![request], false, Method::Get, media, request_id).await)
-    }
-    .await;
-    result.unwrap_or_else(|refusal| refusal.into_response(media, request_id))
+    };
+    within_time(&state, result, media, request_id).await
 }
 
 /// Subscriptions over the graphql-transport-ws protocol (and the older graphql-ws). The key
@@ -548,11 +574,30 @@ async fn subscribe(state: Arc<AppState>, mut parts: axum::http::request::Parts) 
         // on shutdown the socket still gets a close frame after the GraphQL side has ended.
         let (mut sink, stream) = socket.split();
         let (to_client, mut outgoing) = futures::channel::mpsc::channel::<Message>(16);
-        // Ending the input on shutdown ends every subscription of this socket.
-        let input = stream.take_until(lifecycle.shutdown.clone().cancelled_owned());
+        // Ending the input ends every subscription of this socket: on shutdown, or when the
+        // client never completes the handshake.
+        let closed = lifecycle.shutdown.child_token();
+        let input = stream.take_until(closed.clone().cancelled_owned());
         let forward = async move {
-            while let Some(message) = outgoing.next().await {
+            let init_deadline = tokio::time::sleep(super::CONNECTION_INIT_TIMEOUT);
+            tokio::pin!(init_deadline);
+            let mut acknowledged = false;
+            loop {
+                let message = tokio::select! {
+                    message = outgoing.next() => message,
+                    () = &mut init_deadline, if !acknowledged => {
+                        let timeout = CloseFrame { code: 4408, reason: "Connection initialisation timeout".into() };
+                        let _ = sink.send(Message::Close(Some(timeout))).await;
+                        closed.cancel();
+                        return;
+                    }
+                };
+                let Some(message) = message else { break };
+                if let Message::Text(text) = &message {
+                    acknowledged |= text.as_str().contains("\"connection_ack\"");
+                }
                 if sink.send(message).await.is_err() {
+                    closed.cancel();
                     return;
                 }
             }
@@ -1002,12 +1047,7 @@ async fn run(
     };
     let Ok(mut answers) = tokio::time::timeout(limits.request_timeout(), execution).await else {
         tracing::warn!("request timed out");
-        return Refuse::new(
-            StatusCode::GATEWAY_TIMEOUT,
-            "TIMEOUT",
-            "The request took too long and was stopped.",
-        )
-        .into_response(media, request_id);
+        return timed_out().into_response(media, request_id);
     };
 
     let (body, status) = if batch {

@@ -73,6 +73,9 @@ impl Default for EdgeConfig {
     }
 }
 
+/// How long a WebSocket may take to send `connection_init` before it is closed with 4408.
+pub const CONNECTION_INIT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// What a shutdown must end and wait for beyond HTTP requests: upgraded WebSocket
 /// connections, which the HTTP server no longer tracks.
 #[derive(Debug, Clone, Default)]
@@ -236,18 +239,69 @@ async fn request_id(mut request: Request, next: Next) -> Response {
     response
 }
 
-/// Serves `router` on `listener` until ctrl-c or SIGTERM.
+/// How long a client may take to send a request's headers; a connection that sends them
+/// slower (one byte a second, say) is closed rather than kept.
+pub const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Serves `router` on `listener` until ctrl-c or SIGTERM; then stops accepting, closes every
-/// subscription with a close frame, lets in-flight requests finish, and returns.
-pub async fn serve(listener: TcpListener, router: Router, lifecycle: Lifecycle) -> std::io::Result<()> {
-    let on_signal = lifecycle.clone();
-    axum::serve(listener, router)
-        .with_graceful_shutdown(async move {
-            shutdown_signal().await;
-            on_signal.shut_down();
-        })
-        .await?;
-    lifecycle.closed(std::time::Duration::from_secs(5)).await;
+/// subscription with a close frame, lets in-flight requests finish, and returns, within
+/// `shutdown_timeout` whatever clients do.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    lifecycle: Lifecycle,
+    shutdown_timeout: std::time::Duration,
+) -> std::io::Result<()> {
+    serve_until(listener, router, lifecycle, shutdown_timeout, shutdown_signal()).await
+}
+
+/// [`serve`], shutting down when `signal` completes rather than on a signal of the process.
+pub async fn serve_until(
+    listener: TcpListener,
+    router: Router,
+    lifecycle: Lifecycle,
+    shutdown_timeout: std::time::Duration,
+    signal: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    let mut connections = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    connections
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    tokio::pin!(signal);
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(err) => {
+                    // Out of file descriptors, say: wait rather than spin.
+                    tracing::warn!(%err, "cannot accept a connection");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut signal => break,
+        };
+        let service = hyper_util::service::TowerToHyperService::new(router.clone());
+        let connection = connections
+            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+            .into_owned();
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(err) = connection.await {
+                tracing::debug!(%err, "a connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    let deadline = tokio::time::Instant::now() + shutdown_timeout;
+    lifecycle.shut_down();
+    if tokio::time::timeout_at(deadline, graceful.shutdown()).await.is_err() {
+        tracing::warn!("connections still open at the shutdown timeout were dropped");
+    }
+    lifecycle.closed(deadline.saturating_duration_since(tokio::time::Instant::now())).await;
     tracing::info!("stopped");
     Ok(())
 }

@@ -77,7 +77,12 @@ async fn a_database_outage_fails_fast_with_unavailable_and_the_service_recovers_
     )
     .await
     .expect("PostgreSQL");
-    let id = app.create(json!({})).await["id"].as_str().unwrap().to_owned();
+    // A profile per writer, each of whose updates adds two keys: 120 of them stay within a
+    // profile's 256 keys.
+    let mut ids = Vec::new();
+    for _ in 0..4 {
+        ids.push(app.create(json!({})).await["id"].as_str().unwrap().to_owned());
+    }
     assert_eq!(app.get("/readyz").await.status(), 200);
 
     // Load: writers that each merge two keys at once, all through the outage.
@@ -85,10 +90,10 @@ async fn a_database_outage_fails_fast_with_unavailable_and_the_service_recovers_
     let (served, unavailable) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
     let load = (0..4).map(|writer| {
         let (app, id, stop, served, unavailable) =
-            (&app, id.clone(), stop.clone(), served.clone(), unavailable.clone());
+            (&app, ids[writer].clone(), stop.clone(), served.clone(), unavailable.clone());
         async move {
             let mut n = 0;
-            while !stop.load(Ordering::SeqCst) {
+            while !stop.load(Ordering::SeqCst) && n < 120 {
                 n += 1;
                 let started = Instant::now();
                 let update =
@@ -146,15 +151,17 @@ async fn a_database_outage_fails_fast_with_unavailable_and_the_service_recovers_
 
     // Every update either applied whole or not at all: keys come in pairs, and the version
     // counts the updates that applied.
-    let profile = app.profile(&id).await;
-    let attributes = profile["attributes"].as_object().unwrap();
-    for key in attributes.keys() {
-        let twin = if let Some(stem) = key.strip_suffix("_a") {
-            format!("{stem}_b")
-        } else {
-            key.replace("_b", "_a")
-        };
-        assert!(attributes.contains_key(&twin), "{key} without {twin}");
+    for id in &ids {
+        let profile = app.profile(id).await;
+        let attributes = profile["attributes"].as_object().unwrap();
+        for key in attributes.keys() {
+            let twin = if let Some(stem) = key.strip_suffix("_a") {
+                format!("{stem}_b")
+            } else {
+                key.replace("_b", "_a")
+            };
+            assert!(attributes.contains_key(&twin), "{key} without {twin}");
+        }
+        assert_eq!(profile["version"].as_u64().unwrap() as usize, 1 + attributes.len() / 2);
     }
-    assert_eq!(profile["version"].as_u64().unwrap() as usize, 1 + attributes.len() / 2);
 }

@@ -1,5 +1,7 @@
 //! A running gateway on port 0 over a fresh database, spoken to over HTTP.
 
+use std::time::Duration;
+
 use profile_gateway::auth::{Keys, Scope};
 use profile_gateway::http::EdgeConfig;
 use profile_gateway::store::Store;
@@ -163,10 +165,14 @@ impl TestApp {
                     .key
             }
         };
+        let config_lifecycle = config.lifecycle.clone();
         let router = http::router(store, config).expect("build the router");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind port 0");
         let address = format!("http://{}", listener.local_addr().expect("a local address"));
-        tokio::spawn(async move { axum::serve(listener, router).await });
+        let lifecycle = config_lifecycle;
+        tokio::spawn(async move {
+            http::serve_until(listener, router, lifecycle, Duration::from_secs(15), std::future::pending()).await
+        });
         TestApp {
             address,
             client: reqwest::Client::new(),

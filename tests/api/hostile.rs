@@ -258,3 +258,50 @@ async fn an_argument_its_type_cannot_hold_is_refused_with_a_code() {
         assert!(errors.iter().all(|e| e["extensions"]["code"].is_string()), "{response}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_that_sends_its_headers_too_slowly_is_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = TestApp::sqlite().await;
+    let mut stream = tokio::net::TcpStream::connect(app.address.trim_start_matches("http://")).await.unwrap();
+    let started = std::time::Instant::now();
+    let closed = async {
+        let mut buffer = [0u8; 256];
+        for byte in b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nX-Slow: ".iter().chain(&[b'x'; 100]) {
+            if stream.write_all(&[*byte]).await.is_err() {
+                return;
+            }
+            // A byte a second; the server may close (read 0 or an error) at any point.
+            if let Ok(read) = tokio::time::timeout(Duration::from_secs(1), stream.read(&mut buffer)).await {
+                if !matches!(read, Ok(n) if n > 0) {
+                    return;
+                }
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(15), closed).await.expect("the connection is closed");
+    assert!(started.elapsed() >= Duration::from_secs(9), "closed after {:?}", started.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_socket_that_never_sends_connection_init_is_closed_with_4408() {
+    use futures::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let app = TestApp::sqlite().await;
+    let mut request = format!("{}/graphql", app.address.replacen("http://", "ws://", 1)).into_client_request().unwrap();
+    request.headers_mut().insert("Sec-WebSocket-Protocol", "graphql-transport-ws".parse().unwrap());
+    let (mut socket, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+    let close = tokio::time::timeout(Duration::from_secs(15), async {
+        loop {
+            match socket.next().await {
+                Some(Ok(Message::Close(frame))) => return frame.map(|f| u16::from(f.code)),
+                Some(Ok(_)) => continue,
+                _ => return None,
+            }
+        }
+    })
+    .await
+    .expect("the socket is closed");
+    assert_eq!(close, Some(4408));
+}
