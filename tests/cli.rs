@@ -392,7 +392,11 @@ fn sigterm_exits_within_the_shutdown_timeout_whatever_clients_do() {
     served.terminate();
     let status = served.exit_status(Duration::from_secs(10)).expect("the server exits");
     assert!(status.success(), "{status:?}");
-    assert!(started.elapsed() < Duration::from_secs(4), "took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "took {:?}",
+        started.elapsed()
+    );
     drop((stuck, half));
 }
 

@@ -177,7 +177,11 @@ pub fn fragment_chain(document: &ExecutableDocument) -> usize {
                 }
                 continue;
             }
-            let depth = 1 + children.iter().filter_map(|child| longest.get(child)).max().unwrap_or(&0);
+            let depth = 1 + children
+                .iter()
+                .filter_map(|child| longest.get(child))
+                .max()
+                .unwrap_or(&0);
             longest.insert(name, depth);
             on_path.remove(name);
             stack.pop();

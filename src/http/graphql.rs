@@ -1173,7 +1173,10 @@ mod tests {
         let mut broken = Request::new("{ profile(");
         assert!(documents.parse(&mut broken, 64).is_err());
         let mut deep = Request::new(format!("{{ a(x: {}) }}", "[".repeat(100)));
-        assert!(matches!(documents.parse(&mut deep, 64), Err(Unparsed::Flaw(scan::Flaw::TooDeep))));
+        assert!(matches!(
+            documents.parse(&mut deep, 64),
+            Err(Unparsed::Flaw(scan::Flaw::TooDeep))
+        ));
         assert!(!documents.0.contains_key("{ profile("));
     }
 
@@ -1188,8 +1191,14 @@ mod tests {
             text
         };
         assert!(parse_bounded(&chain(63), 64).is_ok());
-        assert!(matches!(parse_bounded(&chain(64), 64), Err(Unparsed::Flaw(scan::Flaw::TooDeep))));
-        assert!(matches!(parse_bounded(&chain(1_000), 64), Err(Unparsed::Flaw(scan::Flaw::TooDeep))));
+        assert!(matches!(
+            parse_bounded(&chain(64), 64),
+            Err(Unparsed::Flaw(scan::Flaw::TooDeep))
+        ));
+        assert!(matches!(
+            parse_bounded(&chain(1_000), 64),
+            Err(Unparsed::Flaw(scan::Flaw::TooDeep))
+        ));
         // A cycle is left for validation to report; it is not a chain without end.
         let cycle = "{ ...A } fragment A on Query { ...B } fragment B on Query { ...A __typename }";
         assert_eq!(fragment_chain(&async_graphql::parser::parse_query(cycle).unwrap()), 2);

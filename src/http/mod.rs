@@ -301,7 +301,9 @@ pub async fn serve_until(
     if tokio::time::timeout_at(deadline, graceful.shutdown()).await.is_err() {
         tracing::warn!("connections still open at the shutdown timeout were dropped");
     }
-    lifecycle.closed(deadline.saturating_duration_since(tokio::time::Instant::now())).await;
+    lifecycle
+        .closed(deadline.saturating_duration_since(tokio::time::Instant::now()))
+        .await;
     tracing::info!("stopped");
     Ok(())
 }

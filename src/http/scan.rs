@@ -212,7 +212,13 @@ mod tests {
 
     #[test]
     fn brackets_nest_up_to_the_limit_and_no_further() {
-        let nested = |levels: usize| format!("{{ customFields(x: {}1{}) {{ name }} }}", "[".repeat(levels), "]".repeat(levels));
+        let nested = |levels: usize| {
+            format!(
+                "{{ customFields(x: {}1{}) {{ name }} }}",
+                "[".repeat(levels),
+                "]".repeat(levels)
+            )
+        };
         // `{` and `(` around the list make two levels.
         assert_eq!(document(&nested(62), 64), Ok(()));
         assert_eq!(document(&nested(63), 64), Err(Flaw::TooDeep));
@@ -228,7 +234,10 @@ mod tests {
         let deep = "[".repeat(100);
         assert_eq!(document(&format!("{{ a(x: \"{deep}\") }}"), 8), Ok(()));
         assert_eq!(document(&format!("{{ a(x: \"\\\"{deep}\") }}"), 8), Ok(()));
-        assert_eq!(document(&format!("{{ a(x: \"\"\"{deep}\\\"\"\"{deep}\"\"\") }}"), 8), Ok(()));
+        assert_eq!(
+            document(&format!("{{ a(x: \"\"\"{deep}\\\"\"\"{deep}\"\"\") }}"), 8),
+            Ok(())
+        );
         assert_eq!(document(&format!("{{ a # {deep}\n }}"), 8), Ok(()));
         // An unterminated string does not hide what follows its line.
         assert_eq!(document(&format!("{{ a(x: \"open\n{deep}"), 8), Err(Flaw::TooDeep));
@@ -236,12 +245,32 @@ mod tests {
 
     #[test]
     fn number_literals_must_read_back_as_written() {
-        for exact in ["0", "-0", "1", "-17", "9223372036854775807", "18446744073709551615", "1.5", "1.50", "0.1",
-            "1e3", "1E+3", "2.5e-3", "1.7976931348623157e308", "0.30000000000000004", "100000000000000000000"] {
+        for exact in [
+            "0",
+            "-0",
+            "1",
+            "-17",
+            "9223372036854775807",
+            "18446744073709551615",
+            "1.5",
+            "1.50",
+            "0.1",
+            "1e3",
+            "1E+3",
+            "2.5e-3",
+            "1.7976931348623157e308",
+            "0.30000000000000004",
+            "100000000000000000000",
+        ] {
             assert!(exact_number(exact), "{exact} was refused");
         }
-        for inexact in ["123456789012345678901234567890", "-1e-400", "1e400", "0.1000000000000000000001",
-            "18446744073709551617"] {
+        for inexact in [
+            "123456789012345678901234567890",
+            "-1e-400",
+            "1e400",
+            "0.1000000000000000000001",
+            "18446744073709551617",
+        ] {
             assert!(!exact_number(inexact), "{inexact} was accepted");
         }
     }
@@ -254,7 +283,10 @@ mod tests {
             document("{ a(x: {deep: [123456789012345678901234567890]}) }", 64),
             Err(Flaw::InexactNumber(_))
         ));
-        assert_eq!(json_numbers(br#"{"query": "{ a(x: 1e999) }", "variables": {"x": [1, 2.5, -0.0]}}"#), Ok(()));
+        assert_eq!(
+            json_numbers(br#"{"query": "{ a(x: 1e999) }", "variables": {"x": [1, 2.5, -0.0]}}"#),
+            Ok(())
+        );
         assert!(matches!(
             json_numbers(br#"{"variables": {"x": -1e-400}}"#),
             Err(Flaw::InexactNumber(_))

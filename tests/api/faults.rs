@@ -89,8 +89,13 @@ async fn a_database_outage_fails_fast_with_unavailable_and_the_service_recovers_
     let stop = Arc::new(AtomicBool::new(false));
     let (served, unavailable) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
     let load = (0..4).map(|writer| {
-        let (app, id, stop, served, unavailable) =
-            (&app, ids[writer].clone(), stop.clone(), served.clone(), unavailable.clone());
+        let (app, id, stop, served, unavailable) = (
+            &app,
+            ids[writer].clone(),
+            stop.clone(),
+            served.clone(),
+            unavailable.clone(),
+        );
         async move {
             let mut n = 0;
             while !stop.load(Ordering::SeqCst) && n < 120 {

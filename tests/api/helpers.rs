@@ -171,7 +171,14 @@ impl TestApp {
         let address = format!("http://{}", listener.local_addr().expect("a local address"));
         let lifecycle = config_lifecycle;
         tokio::spawn(async move {
-            http::serve_until(listener, router, lifecycle, Duration::from_secs(15), std::future::pending()).await
+            http::serve_until(
+                listener,
+                router,
+                lifecycle,
+                Duration::from_secs(15),
+                std::future::pending(),
+            )
+            .await
         });
         TestApp {
             address,

@@ -55,14 +55,20 @@ async fn a_deeply_nested_document_is_refused_with_400_before_it_is_parsed() {
     }
     // A document within the limit is answered as usual.
     let (status, body) = post(&app, &key, &json!({ "query": fragment_chain(10) })).await;
-    assert_eq!((status, &body["data"]), (200, &json!({"__typename": "Query"})), "{body}");
+    assert_eq!(
+        (status, &body["data"]),
+        (200, &json!({"__typename": "Query"})),
+        "{body}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deeply_nested_subscription_is_refused_on_its_socket_which_goes_on_serving() {
     let app = TestApp::sqlite().await;
     let key = app.key("default", Scope::Write).await;
-    let mut subscriber = Subscriber::connect(&app.address, json!({"X-API-Key": key})).await.unwrap();
+    let mut subscriber = Subscriber::connect(&app.address, json!({"X-API-Key": key}))
+        .await
+        .unwrap();
     let deep = format!(
         "subscription {{ profileChanged(ref: {{id: {}}}) {{ version }} }}",
         nested("[", "\"x\"", "]", 1_600)
@@ -70,11 +76,16 @@ async fn a_deeply_nested_subscription_is_refused_on_its_socket_which_goes_on_ser
     subscriber.subscribe("1", &deep, json!({})).await;
     let refused = subscriber.message(Duration::from_secs(10)).await.expect("an answer");
     assert_eq!(refused["id"], "1", "{refused}");
-    assert_eq!(refused["payload"]["errors"][0]["extensions"]["code"], "NESTING_TOO_DEEP", "{refused}");
+    assert_eq!(
+        refused["payload"]["errors"][0]["extensions"]["code"], "NESTING_TOO_DEEP",
+        "{refused}"
+    );
     let complete = subscriber.message(Duration::from_secs(10)).await.expect("an answer");
     assert_eq!(complete, json!({"id": "1", "type": "complete"}));
     let probe = app.create(json!({})).await["id"].as_str().unwrap().to_owned();
-    subscriber.subscribe("2", crate::subscriptions::EVERY_CHANGE, json!({})).await;
+    subscriber
+        .subscribe("2", crate::subscriptions::EVERY_CHANGE, json!({}))
+        .await;
     subscriber.wait_until_live(&app, &key, &probe).await;
 }
 
@@ -129,7 +140,11 @@ async fn deep_and_wide_documents_and_variables_never_take_the_server_down() {
             .expect("the server answers");
         let status = response.status().as_u16();
         let answer: Value = response.json().await.expect("a JSON answer");
-        assert!(status < 500, "{status} {answer} for {}", &document[..document.len().min(200)]);
+        assert!(
+            status < 500,
+            "{status} {answer} for {}",
+            &document[..document.len().min(200)]
+        );
         let coded = answer["errors"]
             .as_array()
             .is_none_or(|errors| errors.iter().all(|e| e["extensions"]["code"].is_string()));
@@ -247,7 +262,10 @@ async fn an_argument_its_type_cannot_hold_is_refused_with_a_code() {
     let app = TestApp::sqlite().await;
     for (query, variables) in [
         ("{ profiles(first: 2147483648) { totalCount } }", json!({})),
-        ("query($f: Int!) { profiles(first: $f) { totalCount } }", json!({"f": 2_147_483_648_i64})),
+        (
+            "query($f: Int!) { profiles(first: $f) { totalCount } }",
+            json!({"f": 2_147_483_648_i64}),
+        ),
         (
             "mutation { updateProfile(ref: {id: \"x\"}, update: {scrip: {tags: []}}, expectedVersion: 99999999999) { changes { field } } }",
             json!({}),
@@ -263,11 +281,16 @@ async fn an_argument_its_type_cannot_hold_is_refused_with_a_code() {
 async fn a_connection_that_sends_its_headers_too_slowly_is_closed() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let app = TestApp::sqlite().await;
-    let mut stream = tokio::net::TcpStream::connect(app.address.trim_start_matches("http://")).await.unwrap();
+    let mut stream = tokio::net::TcpStream::connect(app.address.trim_start_matches("http://"))
+        .await
+        .unwrap();
     let started = std::time::Instant::now();
     let closed = async {
         let mut buffer = [0u8; 256];
-        for byte in b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nX-Slow: ".iter().chain(&[b'x'; 100]) {
+        for byte in b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nX-Slow: "
+            .iter()
+            .chain(&[b'x'; 100])
+        {
             if stream.write_all(&[*byte]).await.is_err() {
                 return;
             }
@@ -279,29 +302,27 @@ async fn a_connection_that_sends_its_headers_too_slowly_is_closed() {
             }
         }
     };
-    tokio::time::timeout(Duration::from_secs(15), closed).await.expect("the connection is closed");
-    assert!(started.elapsed() >= Duration::from_secs(9), "closed after {:?}", started.elapsed());
+    tokio::time::timeout(Duration::from_secs(15), closed)
+        .await
+        .expect("the connection is closed");
+    assert!(
+        started.elapsed() >= Duration::from_secs(9),
+        "closed after {:?}",
+        started.elapsed()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_socket_that_never_sends_connection_init_is_closed_with_4408() {
-    use futures::StreamExt;
-    use tokio_tungstenite::tungstenite::Message;
-    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     let app = TestApp::sqlite().await;
-    let mut request = format!("{}/graphql", app.address.replacen("http://", "ws://", 1)).into_client_request().unwrap();
-    request.headers_mut().insert("Sec-WebSocket-Protocol", "graphql-transport-ws".parse().unwrap());
-    let (mut socket, _) = tokio_tungstenite::connect_async(request).await.unwrap();
-    let close = tokio::time::timeout(Duration::from_secs(15), async {
-        loop {
-            match socket.next().await {
-                Some(Ok(Message::Close(frame))) => return frame.map(|f| u16::from(f.code)),
-                Some(Ok(_)) => continue,
-                _ => return None,
-            }
-        }
-    })
-    .await
-    .expect("the socket is closed");
-    assert_eq!(close, Some(4408));
+    let mut socket = Subscriber::open(&app.address).await.unwrap();
+    let close = socket
+        .message(Duration::from_secs(15))
+        .await
+        .expect("the socket is closed");
+    assert_eq!(
+        (&close["type"], &close["code"]),
+        (&json!("close"), &json!(4408)),
+        "{close}"
+    );
 }

@@ -24,6 +24,18 @@ impl Subscriber {
     /// Connects and sends `connection_init` with `payload`; `Err` with the close reason when the
     /// server refuses.
     pub async fn connect(address: &str, payload: Value) -> Result<Subscriber, String> {
+        let mut subscriber = Subscriber::open(address).await?;
+        subscriber
+            .send(json!({"type": "connection_init", "payload": payload}))
+            .await;
+        match subscriber.message(Duration::from_secs(10)).await {
+            Some(ack) if ack["type"] == "connection_ack" => Ok(subscriber),
+            other => Err(format!("{other:?}")),
+        }
+    }
+
+    /// Opens the socket and sends nothing.
+    pub async fn open(address: &str) -> Result<Subscriber, String> {
         let url = format!("{}/graphql", address.replacen("http://", "ws://", 1));
         let mut request = url.into_client_request().unwrap();
         request
@@ -32,14 +44,7 @@ impl Subscriber {
         let (socket, _) = tokio_tungstenite::connect_async(request)
             .await
             .map_err(|err| err.to_string())?;
-        let mut subscriber = Subscriber { socket };
-        subscriber
-            .send(json!({"type": "connection_init", "payload": payload}))
-            .await;
-        match subscriber.message(Duration::from_secs(10)).await {
-            Some(ack) if ack["type"] == "connection_ack" => Ok(subscriber),
-            other => Err(format!("{other:?}")),
-        }
+        Ok(Subscriber { socket })
     }
 
     pub async fn send(&mut self, message: Value) {
