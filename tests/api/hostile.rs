@@ -295,10 +295,10 @@ async fn a_connection_that_sends_its_headers_too_slowly_is_closed() {
                 return;
             }
             // A byte a second; the server may close (read 0 or an error) at any point.
-            if let Ok(read) = tokio::time::timeout(Duration::from_secs(1), stream.read(&mut buffer)).await {
-                if !matches!(read, Ok(n) if n > 0) {
-                    return;
-                }
+            if let Ok(read) = tokio::time::timeout(Duration::from_secs(1), stream.read(&mut buffer)).await
+                && !matches!(read, Ok(n) if n > 0)
+            {
+                return;
             }
         }
     };
