@@ -162,6 +162,14 @@ impl Refuse {
     }
 }
 
+/// What a scan before parsing refuses refuses the whole request, with 400.
+impl From<scan::Flaw> for Refuse {
+    fn from(flaw: scan::Flaw) -> Self {
+        let (code, message) = flaw.refusal();
+        Refuse::new(StatusCode::BAD_REQUEST, code, message)
+    }
+}
+
 /// Most bytes of GraphQL text whose parsed documents are kept.
 const CACHED_DOCUMENT_BYTES: u64 = 1024 * 1024;
 
@@ -299,10 +307,7 @@ pub async fn post(
         }
         let body = read_body(&state, &headers, body).await?;
         // serde_json would read a number it cannot hold as the nearest one it can.
-        scan::json_numbers(&body).map_err(|flaw| {
-            let (code, message) = flaw.refusal();
-            Refuse::new(StatusCode::BAD_REQUEST, code, message)
-        })?;
+        scan::json_numbers(&body)?;
         let key = idempotency_key(&headers)?;
         let (requests, batch) = parse_body(&body)?;
         // Only a mutation that this caller may run claims its key: a query is safe to repeat
@@ -699,25 +704,20 @@ impl async_graphql::Executor for SubscriptionsOnly {
             }
             Err(Unparsed::Syntax(message)) => return Self::refuse("GRAPHQL_PARSE_FAILED", message),
         };
-        request.set_parsed_query(document);
-        let variables = request.variables.clone();
-        let operation_name = request.operation_name.clone();
-        let Ok(document) = request.parsed_query() else {
-            return Self::refuse("GRAPHQL_PARSE_FAILED", "The document could not be parsed.");
-        };
-        if let Some(operation) = select(document, operation_name.as_deref()) {
+        if let Some(operation) = select(&document, request.operation_name.as_deref()) {
             if operation.ty != OperationType::Subscription {
                 return Self::refuse(
                     "BAD_REQUEST",
                     "Only subscriptions run over the WebSocket; send queries and mutations as HTTP POST requests.",
                 );
             }
-            match analyze(&self.index, &self.limits, document, operation, &variables) {
+            match analyze(&self.index, &self.limits, &document, operation, &request.variables) {
                 Ok(_) => {}
                 Err(Refusal::Limit { code, message }) => return Self::refuse(code, message),
                 Err(Refusal::Invalid(message)) => return Self::refuse("GRAPHQL_VALIDATION_FAILED", message),
             }
         }
+        request.set_parsed_query(document);
         async_graphql::Executor::execute_stream(&self.schema, request, session_data)
     }
 }
@@ -948,10 +948,7 @@ async fn run(
         }
         let parsed = match state.documents.parse(&mut request, limits.max_nesting) {
             Ok(parsed) => parsed,
-            Err(Unparsed::Flaw(flaw)) => {
-                let (code, message) = flaw.refusal();
-                return Refuse::new(StatusCode::BAD_REQUEST, code, message).into_response(media, request_id);
-            }
+            Err(Unparsed::Flaw(flaw)) => return Refuse::from(flaw).into_response(media, request_id),
             Err(Unparsed::Syntax(message)) => {
                 prepared.push(request_error(StatusCode::BAD_REQUEST, "GRAPHQL_PARSE_FAILED", message));
                 continue;
