@@ -28,6 +28,7 @@ pub enum Code {
     Unauthenticated,
     Forbidden,
     Unavailable,
+    ResponseTooLarge,
     Internal,
 }
 
@@ -48,6 +49,7 @@ impl Code {
             Code::Unauthenticated => "UNAUTHENTICATED",
             Code::Forbidden => "FORBIDDEN",
             Code::Unavailable => "UNAVAILABLE",
+            Code::ResponseTooLarge => "RESPONSE_TOO_LARGE",
             Code::Internal => "INTERNAL",
         }
     }

@@ -3,6 +3,7 @@
 //! [`schema`] builds the schema without a database; the server attaches the [`Store`] and each
 //! request's [`TenantId`] afterwards, so `print-schema` and the schema test need no database.
 
+mod budget;
 mod cursor;
 mod mutation;
 mod query;
@@ -11,6 +12,7 @@ mod types;
 
 use async_graphql::{Context, Schema, SchemaBuilder};
 
+pub use budget::{Capped, ResponseBudget, too_large};
 pub use mutation::Mutation;
 pub use query::Query;
 pub use subscription::Subscription;

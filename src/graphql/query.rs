@@ -57,6 +57,9 @@ impl Query {
             .list(tenant, page_size, after, &filter, parts, count)
             .await
             .extend()?;
+        for view in &page.profiles {
+            super::budget::charge(ctx, || super::budget::profile_bytes(&view.profile))?;
+        }
         Ok(ProfileConnection {
             nodes: page.profiles.into_iter().map(Profile::from).collect(),
             has_next_page: page.has_next_page,

@@ -616,6 +616,9 @@ impl Profile {
         let (records, has_next_page) = Box::pin(store.history(tenant, self.0.profile.id, page_size, before))
             .await
             .extend()?;
+        for record in &records {
+            super::budget::charge(ctx, || super::budget::changes_bytes(&record.changes))?;
+        }
         let edges: Vec<ProfileChangeRecordEdge> = records
             .into_iter()
             .map(|record| ProfileChangeRecordEdge {

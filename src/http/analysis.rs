@@ -15,8 +15,18 @@ use async_graphql_value::{ConstValue, Name, Value};
 
 use super::limits::Limits;
 
-/// An output field: its named type and its arguments' types.
-type FieldInfo = (String, HashMap<String, Type>);
+/// An output field: its named type, its arguments' types, and the default of its page size
+/// argument `first` when it has one.
+#[derive(Debug)]
+struct FieldInfo {
+    ty: String,
+    args: HashMap<String, Type>,
+    page: Option<usize>,
+}
+
+/// The largest page a `first` argument asks for; a larger one is refused by its resolver (a
+/// variable's page counts as this large).
+const LARGEST_PAGE: usize = 100;
 
 /// An input object: whether it is @oneOf, and its fields.
 #[derive(Debug)]
@@ -51,19 +61,27 @@ impl SchemaIndex {
             let name = ty.name.node.to_string();
             match ty.kind {
                 TypeKind::Object(object) => {
-                    let fields = object
-                        .fields
-                        .into_iter()
-                        .map(|field| {
-                            let field = field.node;
-                            let args = field
-                                .arguments
-                                .into_iter()
-                                .map(|arg| (arg.node.name.node.to_string(), arg.node.ty.node))
-                                .collect();
-                            (field.name.node.to_string(), (named(&field.ty.node).to_owned(), args))
-                        })
-                        .collect();
+                    let fields =
+                        object
+                            .fields
+                            .into_iter()
+                            .map(|field| {
+                                let field = field.node;
+                                let page = field.arguments.iter().find(|arg| arg.node.name.node == "first").map(
+                                    |arg| match arg.node.default_value.as_ref().map(|value| &value.node) {
+                                        Some(ConstValue::Number(n)) => page_size(n),
+                                        _ => LARGEST_PAGE,
+                                    },
+                                );
+                                let args = field
+                                    .arguments
+                                    .into_iter()
+                                    .map(|arg| (arg.node.name.node.to_string(), arg.node.ty.node))
+                                    .collect();
+                                let ty = named(&field.ty.node).to_owned();
+                                (field.name.node.to_string(), FieldInfo { ty, args, page })
+                            })
+                            .collect();
                     index.objects.insert(name, fields);
                 }
                 TypeKind::InputObject(input) => {
@@ -90,6 +108,16 @@ impl SchemaIndex {
             }
         }
         Ok(index)
+    }
+}
+
+/// The items a page of `first` costs: at most [`LARGEST_PAGE`]; a negative one none (its
+/// resolver refuses it, as it does one past the largest).
+fn page_size(first: &serde_json::Number) -> usize {
+    match (first.as_u64(), first.as_i64()) {
+        (Some(n), _) => usize::try_from(n).unwrap_or(usize::MAX).min(LARGEST_PAGE),
+        (None, Some(_)) => 0,
+        (None, None) => LARGEST_PAGE,
     }
 }
 
@@ -120,6 +148,9 @@ impl Refusal {
 pub struct Analysis {
     pub kind: OperationType,
     pub root_fields: Vec<String>,
+    /// The fields the operation may answer, each page counted as the items it asks for: what
+    /// [`Limits::max_complexity`] bounds, for the operation and for a batch's sum.
+    pub cost: usize,
 }
 
 /// The operation `operation_name` selects, if the document has exactly that one.
@@ -234,11 +265,20 @@ pub fn analyze_operation(
             "The operation selects too many root fields; split it up.",
         ));
     }
-    walk.selection_set(&operation.selection_set.node, Some(root_type), 1)?;
+    walk.selection_set(&operation.selection_set.node, Some(root_type), 1, 1, None)?;
     Ok(Analysis {
         kind: operation.ty,
         root_fields,
+        cost: walk.fields,
     })
+}
+
+/// The refusal of an operation, or a batch, that may answer too many fields.
+pub fn too_complex() -> Refusal {
+    Refusal::limit(
+        "QUERY_TOO_COMPLEX",
+        "The operation may answer too many fields (each page counts as many times as the items it asks for); ask for smaller pages or fewer fields.",
+    )
 }
 
 /// Checks the lists in `variables` against `limits`.
@@ -385,7 +425,18 @@ impl<'a> Walk<'a> {
         }
     }
 
-    fn selection_set(&mut self, set: &'a SelectionSet, parent: Option<&'a str>, depth: usize) -> Result<(), Refusal> {
+    /// Walks `set`, each of whose fields is answered `times` times (the product of the pages
+    /// around it, as GitHub counts nodes). When `set` is a page's, `page` is the items it asks
+    /// for: what its `nodes` and `edges` hold counts once per item, the rest (`totalCount`,
+    /// `pageInfo`) once.
+    fn selection_set(
+        &mut self,
+        set: &'a SelectionSet,
+        parent: Option<&'a str>,
+        depth: usize,
+        times: usize,
+        page: Option<usize>,
+    ) -> Result<(), Refusal> {
         if depth > self.limits.max_depth && !set.items.is_empty() {
             return Err(Refusal::limit(
                 "QUERY_TOO_DEEP",
@@ -396,12 +447,9 @@ impl<'a> Walk<'a> {
             match &item.node {
                 Selection::Field(field) => {
                     let field = &field.node;
-                    self.fields += 1;
+                    self.fields = self.fields.saturating_add(times);
                     if self.fields > self.limits.max_complexity {
-                        return Err(Refusal::limit(
-                            "QUERY_TOO_COMPLEX",
-                            "The operation selects too many fields.",
-                        ));
+                        return Err(too_complex());
                     }
                     if field.alias.is_some() {
                         self.aliases += 1;
@@ -415,12 +463,23 @@ impl<'a> Walk<'a> {
                     let definition = parent
                         .and_then(|parent| self.index.objects.get(parent))
                         .and_then(|fields| fields.get(field.name.node.as_str()));
+                    let mut asks = definition.and_then(|definition| definition.page);
                     for (name, value) in &field.arguments {
-                        let ty = definition.and_then(|(_, args)| args.get(name.node.as_str()));
+                        let ty = definition.and_then(|definition| definition.args.get(name.node.as_str()));
                         self.value(&value.node, ty)?;
+                        if name.node == "first" && asks.is_some() {
+                            asks = Some(match &value.node {
+                                Value::Number(n) => page_size(n),
+                                _ => LARGEST_PAGE,
+                            });
+                        }
                     }
-                    let child = definition.map(|(ty, _)| ty.as_str());
-                    self.selection_set(&field.selection_set.node, child, depth + 1)?;
+                    let child = definition.map(|definition| definition.ty.as_str());
+                    let times = match (page, field.name.node.as_str()) {
+                        (Some(items), "nodes" | "edges") => times.saturating_mul(items),
+                        _ => times,
+                    };
+                    self.selection_set(&field.selection_set.node, child, depth + 1, times, asks)?;
                 }
                 Selection::InlineFragment(fragment) => {
                     let on = fragment
@@ -429,7 +488,7 @@ impl<'a> Walk<'a> {
                         .as_ref()
                         .map(|c| c.node.on.node.as_str())
                         .or(parent);
-                    self.selection_set(&fragment.node.selection_set.node, on, depth)?;
+                    self.selection_set(&fragment.node.selection_set.node, on, depth, times, page)?;
                 }
                 Selection::FragmentSpread(spread) => {
                     let name = &spread.node.fragment_name.node;
@@ -441,7 +500,7 @@ impl<'a> Walk<'a> {
                     }
                     self.fragments.push(name);
                     let on = Some(fragment.node.type_condition.node.on.node.as_str());
-                    self.selection_set(&fragment.node.selection_set.node, on, depth)?;
+                    self.selection_set(&fragment.node.selection_set.node, on, depth, times, page)?;
                     self.fragments.pop();
                 }
             }
@@ -544,13 +603,17 @@ mod tests {
             ..Limits::default()
         };
         assert_eq!(
-            code(run("{ profiles { edges { node { id } } } }", json!({}), &limits)),
+            code(run(
+                "{ profiles(first: 1) { edges { node { id } } } }",
+                json!({}),
+                &limits
+            )),
             "QUERY_TOO_DEEP"
         );
-        assert!(run("{ profiles { nodes { id } } }", json!({}), &limits).is_ok());
+        assert!(run("{ profiles(first: 1) { nodes { id } } }", json!({}), &limits).is_ok());
         assert_eq!(
             code(run(
-                "{ profiles { nodes { id name email role city } } }",
+                "{ profiles(first: 1) { nodes { id name email role city } } }",
                 json!({}),
                 &limits
             )),
@@ -581,10 +644,52 @@ mod tests {
             ..Limits::default()
         };
         let fragment = "fragment P on Profile { id name email role city }";
-        let once = format!("{{ profiles {{ nodes {{ ...P }} }} }} {fragment}");
+        let once = format!("{{ profiles(first: 1) {{ nodes {{ ...P }} }} }} {fragment}");
         assert!(run(&once, json!({}), &limits).is_ok());
-        let thrice = format!("{{ profiles {{ nodes {{ ...P ...P ...P }} }} }} {fragment}");
+        let thrice = format!("{{ profiles(first: 1) {{ nodes {{ ...P ...P ...P }} }} }} {fragment}");
         assert_eq!(code(run(&thrice, json!({}), &limits)), "QUERY_TOO_COMPLEX");
+    }
+
+    #[test]
+    fn whatever_a_page_holds_counts_once_per_item_it_asks_for() {
+        let cost = |query: &str, variables: serde_json::Value| run(query, variables, &Limits::default()).unwrap().cost;
+        // profiles, nodes and totalCount once, id for each of 10 profiles.
+        assert_eq!(
+            cost("{ profiles(first: 10) { totalCount nodes { id } } }", json!({})),
+            3 + 10
+        );
+        assert_eq!(
+            cost("{ profiles(first: 10) { edges { node { id } } } }", json!({})),
+            2 + 10 * 2
+        );
+        // The default page is 20; a variable's is the largest, 100, whatever it holds.
+        assert_eq!(cost("{ profiles { nodes { id } } }", json!({})), 2 + 20);
+        assert_eq!(
+            cost(
+                "query ($n: Int!) { profiles(first: $n) { nodes { id } } }",
+                json!({"n": 1})
+            ),
+            2 + 100
+        );
+        // Pages within pages multiply; a page past the largest counts as the largest (its
+        // resolver refuses it) and a negative one as empty.
+        assert_eq!(
+            cost(
+                "{ profiles(first: 10) { nodes { history(first: 5) { nodes { version } } } } }",
+                json!({})
+            ),
+            2 + 10 * (2 + 5)
+        );
+        assert_eq!(cost("{ profiles(first: 1000) { nodes { id } } }", json!({})), 2 + 100);
+        assert_eq!(cost("{ profiles(first: -1) { nodes { id } } }", json!({})), 2);
+        // Ten aliases of a full page of attributes: too much for one operation.
+        let aliases: String = (0..10)
+            .map(|i| format!("p{i}: profiles(first: 100) {{ nodes {{ id attributes tags {{ key value }} }} }} "))
+            .collect();
+        assert_eq!(
+            code(run(&format!("{{ {aliases} }}"), json!({}), &Limits::default())),
+            "QUERY_TOO_COMPLEX"
+        );
     }
 
     #[test]
@@ -733,7 +838,7 @@ mod tests {
         let argument_types = index
             .objects
             .values()
-            .flat_map(|fields| fields.values().flat_map(|(_, args)| args.values()));
+            .flat_map(|fields| fields.values().flat_map(|field| field.args.values()));
         let field_types = index
             .inputs
             .values()

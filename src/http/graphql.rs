@@ -35,11 +35,12 @@ use serde_json::{Value, json};
 
 use super::analysis::{
     Analysis, Refusal, analyze, analyze_operation, check_variables, fragment_chain, has_one_operation, select,
-    variables_surely_valid, vouches,
+    too_complex, variables_surely_valid, vouches,
 };
 use super::{AppState, RequestId, scan};
 use crate::auth::{Principal, Scope};
 use crate::error::Code;
+use crate::graphql::{Capped, ResponseBudget};
 use crate::idempotency::{self, Claim, StoredResponse};
 use crate::store::{Actor, TenantId};
 
@@ -937,6 +938,8 @@ async fn run(
         },
     };
     let mut prepared = Vec::with_capacity(requests.len());
+    // The batch's operations' complexity together: bounded as one operation's is.
+    let mut cost = 0usize;
     for mut request in requests {
         if request.query.len() > limits.max_document_bytes {
             return Refuse::new(
@@ -969,6 +972,16 @@ async fn run(
             Ok(analysis) => check_variables(limits, variables).map(|()| analysis),
             Err(refusal) => Err(refusal.clone()),
         };
+        if let Ok(analysis) = checked {
+            cost = cost.saturating_add(analysis.cost);
+        }
+        let checked = checked.and_then(|analysis| {
+            if cost > limits.max_complexity {
+                Err(too_complex())
+            } else {
+                Ok(analysis)
+            }
+        });
         let analysis = match checked {
             Ok(analysis) => analysis,
             Err(Refusal::Limit { code, message }) => {
@@ -1032,13 +1045,17 @@ async fn run(
 
     let execution = async {
         let mut answers = Vec::with_capacity(prepared.len());
+        // What the batch's responses may still take.
+        let mut room = limits.max_response_bytes;
         for item in prepared {
-            answers.push(match item {
+            let answer = match item {
                 Prepared::Answered { body, status } => (named(body, request_id), status),
                 Prepared::Execute(request, validation) => {
-                    execute(state, principal, *request, validation, media, request_id).await
+                    execute(state, principal, *request, validation, media, request_id, room).await
                 }
-            });
+            };
+            room = room.saturating_sub(answer.0.len());
+            answers.push(answer);
         }
         answers
     };
@@ -1067,7 +1084,8 @@ fn named(mut body: Value, request_id: RequestId) -> String {
     body.to_string()
 }
 
-/// Executes `request`: its response's JSON text, named with `request_id`, and status.
+/// Executes `request`: its response's JSON text, named with `request_id`, and status; a
+/// response longer than `max_bytes` is cut off and answered with RESPONSE_TOO_LARGE.
 async fn execute(
     state: &AppState,
     principal: Principal,
@@ -1075,12 +1093,18 @@ async fn execute(
     validation: Validation,
     media: Media,
     request_id: RequestId,
+    max_bytes: usize,
 ) -> (String, StatusCode) {
     let actor = Actor {
         api_key_id: Some(principal.key_id),
         request_id: Some(request_id.to_string()),
     };
-    let request = request.data(principal).data(principal.tenant).data(actor);
+    let budget = Arc::new(ResponseBudget::new(max_bytes));
+    let request = request
+        .data(principal)
+        .data(principal.tenant)
+        .data(actor)
+        .data(budget.clone());
     let mut response = match &validation {
         Validation::Done => state.validated_schema.execute(request).await,
         Validation::Full { .. } => state.schema.execute(request).await,
@@ -1093,11 +1117,19 @@ async fn execute(
         // Only a request that passed validation executes.
         parsed.validated.store(true, Ordering::Relaxed);
     }
-    let failed = |err: serde_json::Error| {
+    let failed = |err: &dyn std::fmt::Display| {
         tracing::error!(%err, "a response could not be serialised");
         let body = json!({ "errors": [{ "message": "Something went wrong on our side.", "extensions": { "code": "INTERNAL" } }] });
         (named(body, request_id), StatusCode::INTERNAL_SERVER_ERROR)
     };
+    let too_large = || {
+        let fault = crate::graphql::too_large(max_bytes);
+        let body = json!({ "data": null, "errors": [{ "message": fault.message, "extensions": { "code": fault.code.as_str() } }] });
+        (named(body, request_id), StatusCode::OK)
+    };
+    if budget.exceeded() {
+        return too_large();
+    }
     // The usual case goes straight to text; a request error is reshaped first (below).
     if executed(&response) {
         // Every error of our resolvers has a code; one without is async-graphql's, refusing an
@@ -1112,14 +1144,20 @@ async fn execute(
             "requestId".to_owned(),
             async_graphql::Value::String(request_id.to_string()),
         );
-        return match serde_json::to_string(&response) {
-            Ok(body) => (body, StatusCode::OK),
-            Err(err) => failed(err),
+        // Written through a cap, so that a response too large to send is never written whole.
+        let mut capped = Capped::new(max_bytes);
+        return match serde_json::to_writer(&mut capped, &response) {
+            Ok(()) => match String::from_utf8(capped.bytes) {
+                Ok(body) => (body, StatusCode::OK),
+                Err(err) => failed(&err),
+            },
+            Err(err) if err.is_io() => too_large(),
+            Err(err) => failed(&err),
         };
     }
     let mut body = match serde_json::to_value(&response) {
         Ok(body) => body,
-        Err(err) => return failed(err),
+        Err(err) => return failed(&err),
     };
     // A request error: the spec leaves `data` out, and every error gets a code.
     if let Value::Object(map) = &mut body {

@@ -18,8 +18,10 @@ pub struct Limits {
     /// checked before the document is parsed.
     #[arg(long, env = "MAX_NESTING", default_value_t = 64)]
     pub max_nesting: usize,
-    /// Most fields one operation may select, counting every fragment use.
-    #[arg(long, env = "MAX_QUERY_COMPLEXITY", default_value_t = 1000)]
+    /// Most fields one operation, or all operations of a batch, may answer: every fragment use
+    /// counts, and whatever is inside a page counts once per item the page asks for (`first`,
+    /// its default when left out, the largest page when it is a variable).
+    #[arg(long, env = "MAX_QUERY_COMPLEXITY", default_value_t = 5000)]
     pub max_complexity: usize,
     /// Most aliased fields in an operation.
     #[arg(long, env = "MAX_QUERY_ALIASES", default_value_t = 30)]
@@ -33,6 +35,10 @@ pub struct Limits {
     /// Longest list in any input, inline or in variables (tags, values, groups, ...).
     #[arg(long, env = "MAX_INPUT_LIST", default_value_t = 100)]
     pub max_input_list: usize,
+    /// Largest response in bytes (a batch's responses together); a larger one is cut off and
+    /// answered with RESPONSE_TOO_LARGE.
+    #[arg(long, env = "MAX_RESPONSE_BYTES", default_value_t = 4 * 1024 * 1024)]
+    pub max_response_bytes: usize,
     /// Longest a request may run, in seconds, before it is stopped.
     #[arg(long = "request-timeout-secs", env = "REQUEST_TIMEOUT_SECS", default_value_t = 10)]
     pub request_timeout_secs: u64,
@@ -56,11 +62,12 @@ impl Default for Limits {
             max_document_bytes: 32 * 1024,
             max_depth: 16,
             max_nesting: 64,
-            max_complexity: 1000,
+            max_complexity: 5000,
             max_aliases: 30,
             max_root_fields: 10,
             max_batch_operations: 10,
             max_input_list: 100,
+            max_response_bytes: 4 * 1024 * 1024,
             request_timeout_secs: 10,
             max_in_flight: 1024,
         }

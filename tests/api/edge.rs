@@ -264,6 +264,10 @@ fn resident_kib() -> u64 {
         .unwrap_or(0)
 }
 
+/// A page of ten profiles' ids and names: 22 fields (the page and its nodes, then two fields
+/// ten times).
+const PAGE_OF_TEN: &str = "{ profiles(first: 10) { nodes { id name } } }";
+
 #[tokio::test]
 async fn limits_refuse_before_execution_with_400_and_their_own_code() {
     let limits = Limits {
@@ -285,7 +289,10 @@ async fn limits_refuse_before_execution_with_400_and_their_own_code() {
     let many_tags: Vec<String> = (0..6).map(|i| format!("t{i}")).collect();
     let cases = [
         (body(&format!("{{ __typename }} # {}", "x".repeat(2_000))), "DOCUMENT_TOO_LARGE"),
-        (body("{ profiles { edges { node { tags { key } } } } }"), "QUERY_TOO_DEEP"),
+        (body("{ profiles(first: 1) { edges { node { tags { key } } } } }"), "QUERY_TOO_DEEP"),
+        // A page counts what it holds once per item it asks for; a batch, its operations together.
+        (body("{ profiles(first: 50) { nodes { id } } }"), "QUERY_TOO_COMPLEX"),
+        (json!([{"query": PAGE_OF_TEN}, {"query": PAGE_OF_TEN}]).to_string(), "QUERY_TOO_COMPLEX"),
         (body(&format!("{{ profiles {{ nodes {{ {} }} }} }}", "id name email city ".repeat(10))), "QUERY_TOO_COMPLEX"),
         (body("{ customFields { a: name b: name c: name d: name } }"), "TOO_MANY_ALIASES"),
         (body("{ customFields { name } profiles { totalCount } __typename profile(ref: {id: \"x\"}) { id } }"), "TOO_MANY_ROOT_FIELDS"),
@@ -332,6 +339,9 @@ async fn limits_refuse_before_execution_with_400_and_their_own_code() {
     assert_eq!(status, 200);
     let answers = response.as_array().unwrap();
     assert_eq!(answers.len(), 2);
+    let (status, _, response) = json_of(app.send(&body(PAGE_OF_TEN), Some("application/json"), None).await).await;
+    assert_eq!(status, 200, "{response}");
+    assert!(response["data"]["profiles"]["nodes"].is_array(), "{response}");
     assert!(
         answers
             .iter()

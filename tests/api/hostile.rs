@@ -326,3 +326,79 @@ async fn a_socket_that_never_sends_connection_init_is_closed_with_4408() {
         "{close}"
     );
 }
+
+#[tokio::test]
+async fn the_batch_that_answered_159_mb_is_refused_before_it_runs() {
+    let app = TestApp::sqlite().await;
+    let key = app.key("acme", Scope::Read).await;
+    let aliases: String = (0..10)
+        .map(|i| format!("p{i}: profiles(first: 100) {{ nodes {{ attributes }} }} "))
+        .collect();
+    let batch: Vec<Value> = (0..10).map(|_| json!({"query": format!("{{ {aliases} }}")})).collect();
+    let (status, body) = post(&app, &key, &Value::Array(batch)).await;
+    assert_eq!((status, code(&body)), (400, "QUERY_TOO_COMPLEX"), "{body}");
+    // One of its operations alone may run: it asks for 1,020 fields.
+    let (status, body) = post(&app, &key, &json!({"query": format!("{{ {aliases} }}")})).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body["data"]["p9"]["nodes"].is_array(), "{body}");
+}
+
+#[tokio::test]
+async fn a_response_past_max_response_bytes_is_cut_off_with_response_too_large() {
+    let app = TestApp::sqlite_with(profile_gateway::http::EdgeConfig {
+        limits: profile_gateway::http::Limits {
+            max_response_bytes: 20_000,
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+    .await;
+    let key = app.admin_key.clone();
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let profile = app
+            .create(json!({"attributes": {"note": "x".repeat(8_000), "i": i}}))
+            .await;
+        ids.push(profile["id"].as_str().unwrap().to_owned());
+    }
+    let too_large = |body: &Value| {
+        assert_eq!(code(body), "RESPONSE_TOO_LARGE", "{body}");
+        assert!(body["data"].is_null(), "{body}");
+        assert!(body["extensions"]["requestId"].is_string(), "{body}");
+    };
+    // A page is charged as it is read: the third profile's attributes pass the limit.
+    let page = json!({"query": "{ profiles(first: 10) { nodes { attributes } } }"});
+    let (status, body) = post(&app, &key, &page).await;
+    assert_eq!(status, 200);
+    too_large(&body);
+    // Two profiles fit.
+    let (status, body) = post(
+        &app,
+        &key,
+        &json!({"query": "{ profiles(first: 2) { nodes { attributes } } }"}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        body["data"]["profiles"]["nodes"].as_array().map(Vec::len),
+        Some(2),
+        "{body}"
+    );
+    // Single profiles are not charged as they are read; the response is cut off as it is written.
+    let three = format!(
+        "{{ {} }}",
+        ids.iter()
+            .enumerate()
+            .map(|(i, id)| format!("p{i}: profile(ref: {{id: \"{id}\"}}) {{ attributes }} "))
+            .collect::<String>()
+    );
+    let (_, body) = post(&app, &key, &json!({"query": three})).await;
+    too_large(&body);
+    // A batch's responses share the limit.
+    let one = |id: &str| json!({"query": format!("{{ profile(ref: {{id: \"{id}\"}}) {{ attributes }} }}")});
+    let (status, body) = post(&app, &key, &json!([one(&ids[0]), one(&ids[1]), one(&ids[2])])).await;
+    assert_eq!(status, 200);
+    assert!(body[0]["data"]["profile"]["attributes"].is_object(), "{body}");
+    assert!(body[1]["data"]["profile"]["attributes"].is_object(), "{body}");
+    too_large(&body[2]);
+}
