@@ -215,6 +215,13 @@ impl Keys {
         Ok(api_key::Entity::find().count(self.store.connection()).await? > 0)
     }
 
+    /// Whether the key `id` is revoked (or gone), asked of the database rather than the cache:
+    /// an open socket asks this from time to time.
+    pub async fn revoked(&self, id: Uuid) -> Result<bool> {
+        let key = api_key::Entity::find_by_id(id).one(self.store.connection()).await?;
+        Ok(key.is_none_or(|key| key.revoked_at.is_some()))
+    }
+
     /// Who `presented` authenticates as, or `None` for a malformed, unknown or revoked key.
     pub async fn authenticate(&self, presented: &str) -> Result<Option<Principal>> {
         let Some((prefix, secret)) = split(presented) else {

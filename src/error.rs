@@ -29,6 +29,7 @@ pub enum Code {
     Forbidden,
     Unavailable,
     ResponseTooLarge,
+    SubscriberTooSlow,
     Internal,
 }
 
@@ -50,6 +51,7 @@ impl Code {
             Code::Forbidden => "FORBIDDEN",
             Code::Unavailable => "UNAVAILABLE",
             Code::ResponseTooLarge => "RESPONSE_TOO_LARGE",
+            Code::SubscriberTooSlow => "SUBSCRIBER_TOO_SLOW",
             Code::Internal => "INTERNAL",
         }
     }

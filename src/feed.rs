@@ -54,7 +54,7 @@ const SEND_WITHIN: Duration = Duration::from_secs(5);
 const RECONNECT_AFTER: Duration = Duration::from_secs(1);
 
 /// A profile reached a new version.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Notice {
     pub tenant: Uuid,
     pub profile_id: Uuid,

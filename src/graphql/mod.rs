@@ -15,7 +15,7 @@ use async_graphql::{Context, Schema, SchemaBuilder};
 pub use budget::{Capped, ResponseBudget, too_large};
 pub use mutation::Mutation;
 pub use query::Query;
-pub use subscription::Subscription;
+pub use subscription::{Events, ProfileChangeEvent, Subscription};
 pub use types::{CustomFieldType, MemberType, ProfileStatus};
 
 use crate::store::{Actor, Store, TenantId};

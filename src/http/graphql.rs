@@ -16,26 +16,19 @@ use std::borrow::Cow;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
-use async_graphql::ErrorExtensions;
-use async_graphql::http::ALL_WEBSOCKET_PROTOCOLS;
 use async_graphql::parser::types::{ExecutableDocument, OperationDefinition, OperationType};
 use async_graphql::{Request, Variables};
-use async_graphql_axum::{GraphQLProtocol, GraphQLWebSocket};
 use axum::Extension as RequestExtension;
 use axum::body::Body;
-use axum::extract::ws::{CloseFrame, Message, WebSocketUpgrade, close_code};
-use axum::extract::{FromRequestParts, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use futures::SinkExt;
-use futures::StreamExt;
-use futures::stream::BoxStream;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde_json::{Value, json};
 
 use super::analysis::{
-    Analysis, Refusal, analyze, analyze_operation, check_variables, fragment_chain, has_one_operation, select,
-    too_complex, variables_surely_valid, vouches,
+    Analysis, Refusal, analyze_operation, check_variables, fragment_chain, has_one_operation, select, too_complex,
+    variables_surely_valid, vouches,
 };
 use super::{AppState, RequestId, scan};
 use crate::auth::{Principal, Scope};
@@ -108,7 +101,7 @@ fn is_json(headers: &HeaderMap) -> bool {
 }
 
 /// The key a request presents: `X-API-Key: KEY` or `Authorization: Bearer KEY`.
-fn presented_key(headers: &HeaderMap) -> Option<&str> {
+pub(super) fn presented_key(headers: &HeaderMap) -> Option<&str> {
     if let Some(key) = headers.get("x-api-key") {
         return key.to_str().ok().map(str::trim);
     }
@@ -245,7 +238,7 @@ impl Documents {
 /// Parses `text` once [`scan::document`] found its brackets nested within `max_nesting`,
 /// and refuses it if fragments spread one another deeper than that ([`fragment_chain`]):
 /// whatever walks the document after this recurses no deeper.
-fn parse_bounded(text: &str, max_nesting: usize) -> Result<ExecutableDocument, Unparsed> {
+pub(super) fn parse_bounded(text: &str, max_nesting: usize) -> Result<ExecutableDocument, Unparsed> {
     scan::document(text, max_nesting).map_err(Unparsed::Flaw)?;
     let document = async_graphql::parser::parse_query(text)
         .map_err(|err| Unparsed::Syntax(async_graphql::ServerError::from(err).message))?;
@@ -257,7 +250,7 @@ fn parse_bounded(text: &str, max_nesting: usize) -> Result<ExecutableDocument, U
 
 /// Why a document was not parsed.
 #[derive(Debug)]
-enum Unparsed {
+pub(super) enum Unparsed {
     /// The scan before parsing refused it: the whole request is refused.
     Flaw(scan::Flaw),
     /// A syntax error, with the parser's message.
@@ -538,7 +531,7 @@ pub async fn get(
     let (parts, _) = request.into_parts();
     let upgrade = parts.headers.get(header::UPGRADE).and_then(|v| v.to_str().ok());
     if upgrade.is_some_and(|protocol| protocol.eq_ignore_ascii_case("websocket")) {
-        return subscribe(state, parts).await;
+        return super::ws::subscribe(state, parts).await;
     }
     let headers = parts.headers;
     let query = parts.uri.query();
@@ -552,175 +545,6 @@ pub async fn get(
         Ok::<_, Refuse>(run(&state, principal, vec![request], false, Method::Get, media, request_id).await)
     };
     within_time(&state, result, media, request_id).await
-}
-
-/// Subscriptions over the graphql-transport-ws protocol (and the older graphql-ws). The key
-/// comes in the `connection_init` payload (`{"X-API-Key": KEY}`, `{"apiKey": KEY}` or
-/// `{"Authorization": "Bearer KEY"}`), or as a header of the upgrade request.
-async fn subscribe(state: Arc<AppState>, mut parts: axum::http::request::Parts) -> Response {
-    let upgrade = match WebSocketUpgrade::from_request_parts(&mut parts, &state).await {
-        Ok(upgrade) => upgrade,
-        Err(rejection) => return rejection.into_response(),
-    };
-    let protocol = match GraphQLProtocol::from_request_parts(&mut parts, &state).await {
-        Ok(protocol) => protocol,
-        Err(rejection) => return rejection.into_response(),
-    };
-    let header_key = presented_key(&parts.headers).map(str::to_owned);
-    let executor = SubscriptionsOnly {
-        schema: state.schema.clone(),
-        index: state.index.clone(),
-        limits: state.limits.clone(),
-    };
-    let keys = state.keys.clone();
-    let lifecycle = state.lifecycle.clone();
-    upgrade.protocols(ALL_WEBSOCKET_PROTOCOLS).on_upgrade(move |socket| {
-        let sockets = lifecycle.sockets.clone();
-        // The GraphQL side writes into a channel that this task forwards to the socket, so that
-        // on shutdown the socket still gets a close frame after the GraphQL side has ended.
-        let (mut sink, stream) = socket.split();
-        let (to_client, mut outgoing) = futures::channel::mpsc::channel::<Message>(16);
-        // Ending the input ends every subscription of this socket: on shutdown, or when the
-        // client never completes the handshake.
-        let closed = lifecycle.shutdown.child_token();
-        let input = stream.take_until(closed.clone().cancelled_owned());
-        let forward = async move {
-            let init_deadline = tokio::time::sleep(super::CONNECTION_INIT_TIMEOUT);
-            tokio::pin!(init_deadline);
-            let mut acknowledged = false;
-            loop {
-                let message = tokio::select! {
-                    message = outgoing.next() => message,
-                    () = &mut init_deadline, if !acknowledged => {
-                        let timeout = CloseFrame { code: 4408, reason: "Connection initialisation timeout".into() };
-                        let _ = sink.send(Message::Close(Some(timeout))).await;
-                        closed.cancel();
-                        return;
-                    }
-                };
-                let Some(message) = message else { break };
-                if let Message::Text(text) = &message {
-                    acknowledged |= text.as_str().contains("\"connection_ack\"");
-                }
-                if sink.send(message).await.is_err() {
-                    closed.cancel();
-                    return;
-                }
-            }
-            if lifecycle.shutdown.is_cancelled() {
-                let away = CloseFrame {
-                    code: close_code::AWAY,
-                    reason: "the server is shutting down".into(),
-                };
-                let _ = sink.send(Message::Close(Some(away))).await;
-            }
-            let _ = sink.close().await;
-        };
-        let graphql = GraphQLWebSocket::new_with_pair(to_client, input, executor, protocol)
-            .on_connection_init(move |payload| async move {
-                let unauthenticated = |message: &str| {
-                    async_graphql::Error::new(message).extend_with(|_, e| e.set("code", Code::Unauthenticated.as_str()))
-                };
-                let key = key_in(&payload).or(header_key).ok_or_else(|| {
-                    unauthenticated("Send an API key in the connection_init payload: {\"X-API-Key\": KEY}.")
-                })?;
-                match keys.authenticate(&key).await {
-                    Ok(Some(principal)) => {
-                        let mut data = async_graphql::Data::default();
-                        data.insert(principal);
-                        data.insert(principal.tenant);
-                        Ok(data)
-                    }
-                    Ok(None) => Err(unauthenticated("The API key is unknown or revoked.")),
-                    Err(err) => {
-                        tracing::error!(error = %err, "authentication failed");
-                        Err(async_graphql::Error::new("Something went wrong on our side."))
-                    }
-                }
-            })
-            .serve();
-        sockets.track_future(async move {
-            tokio::join!(graphql, forward);
-        })
-    })
-}
-
-/// The API key in a `connection_init` payload, under any of the names clients use.
-fn key_in(payload: &Value) -> Option<String> {
-    let object = payload.as_object()?;
-    let headers = object.get("headers").and_then(Value::as_object);
-    [Some(object), headers].into_iter().flatten().find_map(|fields| {
-        fields.iter().find_map(|(name, value)| {
-            let value = value.as_str()?.trim();
-            match name.to_ascii_lowercase().as_str() {
-                "x-api-key" | "apikey" | "api_key" => Some(value.to_owned()),
-                "authorization" => {
-                    let (scheme, key) = value.split_once(' ')?;
-                    scheme.eq_ignore_ascii_case("bearer").then(|| key.trim().to_owned())
-                }
-                _ => None,
-            }
-        })
-    })
-}
-
-/// Runs subscriptions only, after the same limits as HTTP: queries and mutations over the
-/// socket would skip the HTTP edge's checks, so they are sent to HTTP.
-#[derive(Clone)]
-struct SubscriptionsOnly {
-    schema: crate::graphql::AppSchema,
-    index: Arc<super::SchemaIndex>,
-    limits: Arc<super::Limits>,
-}
-
-impl SubscriptionsOnly {
-    fn refuse(code: &'static str, message: impl Into<String>) -> BoxStream<'static, async_graphql::Response> {
-        let mut extensions = async_graphql::ErrorExtensionValues::default();
-        extensions.set("code", code);
-        let mut error = async_graphql::ServerError::new(message, None);
-        error.extensions = Some(extensions);
-        futures::stream::once(async move { async_graphql::Response::from_errors(vec![error]) }).boxed()
-    }
-}
-
-impl async_graphql::Executor for SubscriptionsOnly {
-    async fn execute(&self, _request: Request) -> async_graphql::Response {
-        let error = async_graphql::ServerError::new("Send queries and mutations as HTTP POST requests.", None);
-        async_graphql::Response::from_errors(vec![error])
-    }
-
-    fn execute_stream(
-        &self,
-        mut request: Request,
-        session_data: Option<Arc<async_graphql::Data>>,
-    ) -> BoxStream<'static, async_graphql::Response> {
-        if request.query.len() > self.limits.max_document_bytes {
-            return Self::refuse("DOCUMENT_TOO_LARGE", "The GraphQL document is too large.");
-        }
-        let document = match parse_bounded(&request.query, self.limits.max_nesting) {
-            Ok(document) => document,
-            Err(Unparsed::Flaw(flaw)) => {
-                let (code, message) = flaw.refusal();
-                return Self::refuse(code, message);
-            }
-            Err(Unparsed::Syntax(message)) => return Self::refuse("GRAPHQL_PARSE_FAILED", message),
-        };
-        if let Some(operation) = select(&document, request.operation_name.as_deref()) {
-            if operation.ty != OperationType::Subscription {
-                return Self::refuse(
-                    "BAD_REQUEST",
-                    "Only subscriptions run over the WebSocket; send queries and mutations as HTTP POST requests.",
-                );
-            }
-            match analyze(&self.index, &self.limits, &document, operation, &request.variables) {
-                Ok(_) => {}
-                Err(Refusal::Limit { code, message }) => return Self::refuse(code, message),
-                Err(Refusal::Invalid(message)) => return Self::refuse("GRAPHQL_VALIDATION_FAILED", message),
-            }
-        }
-        request.set_parsed_query(document);
-        async_graphql::Executor::execute_stream(&self.schema, request, session_data)
-    }
 }
 
 fn not_acceptable(request_id: RequestId) -> Response {

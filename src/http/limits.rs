@@ -39,6 +39,14 @@ pub struct Limits {
     /// answered with RESPONSE_TOO_LARGE.
     #[arg(long, env = "MAX_RESPONSE_BYTES", default_value_t = 4 * 1024 * 1024)]
     pub max_response_bytes: usize,
+    /// Most subscriptions one WebSocket may run at once; one more is refused with an `error`
+    /// message (TOO_MANY_SUBSCRIPTIONS).
+    #[arg(long, env = "MAX_SUBSCRIPTIONS_PER_SOCKET", default_value_t = 100)]
+    pub max_subscriptions_per_socket: usize,
+    /// Longest a WebSocket may take to send `connection_init`, in seconds, before it is closed
+    /// with 4408.
+    #[arg(long, env = "CONNECTION_INIT_TIMEOUT_SECS", default_value_t = 10)]
+    pub connection_init_timeout_secs: u64,
     /// Longest a request may run, in seconds, before it is stopped.
     #[arg(long = "request-timeout-secs", env = "REQUEST_TIMEOUT_SECS", default_value_t = 10)]
     pub request_timeout_secs: u64,
@@ -52,6 +60,10 @@ pub struct Limits {
 impl Limits {
     pub fn request_timeout(&self) -> Duration {
         Duration::from_secs(self.request_timeout_secs)
+    }
+
+    pub fn connection_init_timeout(&self) -> Duration {
+        Duration::from_secs(self.connection_init_timeout_secs)
     }
 }
 
@@ -68,6 +80,8 @@ impl Default for Limits {
             max_batch_operations: 10,
             max_input_list: 100,
             max_response_bytes: 4 * 1024 * 1024,
+            max_subscriptions_per_socket: 100,
+            connection_init_timeout_secs: 10,
             request_timeout_secs: 10,
             max_in_flight: 1024,
         }

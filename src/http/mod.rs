@@ -4,6 +4,7 @@ mod analysis;
 mod graphql;
 pub mod limits;
 mod scan;
+mod ws;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -73,9 +74,6 @@ impl Default for EdgeConfig {
     }
 }
 
-/// How long a WebSocket may take to send `connection_init` before it is closed with 4408.
-pub const CONNECTION_INIT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
-
 /// What a shutdown must end and wait for beyond HTTP requests: upgraded WebSocket
 /// connections, which the HTTP server no longer tracks.
 #[derive(Debug, Clone, Default)]
@@ -124,6 +122,9 @@ pub(crate) struct AppState {
     documents: graphql::Documents,
     lifecycle: Lifecycle,
     graphiql: Arc<str>,
+    /// How long a valid key is remembered: how often an open socket asks whether its key was
+    /// revoked.
+    api_key_cache: std::time::Duration,
     /// A permit for each GraphQL request served at once ([`Limits::max_in_flight`]).
     in_flight: Arc<tokio::sync::Semaphore>,
 }
@@ -137,7 +138,10 @@ pub fn router(store: Store, config: EdgeConfig) -> crate::error::Result<Router> 
         if !config.introspection {
             schema = schema.disable_introspection().disable_suggestions();
         }
-        schema.data(store.clone()).finish()
+        schema
+            .data(store.clone())
+            .data(crate::graphql::Events::<crate::graphql::ProfileChangeEvent>::default())
+            .finish()
     };
     let index = SchemaIndex::new(&crate::sdl()).map_err(|err| crate::error::Error::Internal(Box::new(err)))?;
     let mut graphiql = GraphiQLSource::build()
@@ -154,6 +158,7 @@ pub fn router(store: Store, config: EdgeConfig) -> crate::error::Result<Router> 
         validated_schema: schema(ValidationMode::Fast),
         store: store.clone(),
         keys: Keys::cached(store.clone(), config.api_key_cache),
+        api_key_cache: config.api_key_cache,
         idempotency: IdempotencyKeys::new(store, config.limits.request_timeout()),
         in_flight: Arc::new(tokio::sync::Semaphore::new(config.limits.max_in_flight as usize)),
         limits: Arc::new(config.limits),

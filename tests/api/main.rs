@@ -16,5 +16,6 @@ mod idempotency;
 mod profiles;
 mod readme;
 mod replicas;
+mod sockets;
 mod subscriptions;
 mod written;

@@ -13,7 +13,7 @@ use crate::on_both_databases;
 
 pub const EVERY_CHANGE: &str = "subscription($r: ProfileRef) { profileChanged(ref: $r) { profileId version operation changes { field before after } profile { id externalId } } }";
 
-type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+pub type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// A graphql-transport-ws client.
 pub struct Subscriber {
@@ -32,6 +32,11 @@ impl Subscriber {
             Some(ack) if ack["type"] == "connection_ack" => Ok(subscriber),
             other => Err(format!("{other:?}")),
         }
+    }
+
+    /// A client on a socket opened elsewhere.
+    pub fn from_socket(socket: Socket) -> Subscriber {
+        Subscriber { socket }
     }
 
     /// Opens the socket and sends nothing.
@@ -160,7 +165,8 @@ on_both_databases! {
             Subscriber::connect(&app.address, json!({"Authorization": format!("Bearer {}", app.admin_key)})).await.unwrap();
         subscriber.subscribe("1", "mutation { createProfile(input: {}) { id } }", json!({})).await;
         let refused = subscriber.next().await;
-        assert_eq!(refused["errors"][0]["extensions"]["code"], "BAD_REQUEST", "{refused}");
+        assert_eq!((&refused["type"], &refused["id"]), (&json!("error"), &json!("1")), "{refused}");
+        assert_eq!(refused["payload"][0]["extensions"]["code"], "BAD_REQUEST", "{refused}");
         assert_eq!(app.ok("{ profiles { totalCount } }", json!({})).await["profiles"]["totalCount"], 0);
     }
 }
