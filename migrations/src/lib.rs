@@ -9,6 +9,7 @@ mod m20261124_000001_create_core_tables;
 mod m20261124_000002_create_api_keys;
 mod m20261124_000003_create_history_and_idempotency;
 mod m20261201_000004_sqlite_tags_and_groups_without_rowid;
+mod m20261207_000005_repair_unreadable_values;
 
 /// Every migration of the service, oldest first.
 pub struct Migrator;
@@ -21,6 +22,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261124_000002_create_api_keys::Migration),
             Box::new(m20261124_000003_create_history_and_idempotency::Migration),
             Box::new(m20261201_000004_sqlite_tags_and_groups_without_rowid::Migration),
+            Box::new(m20261207_000005_repair_unreadable_values::Migration),
         ]
     }
 }

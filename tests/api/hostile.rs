@@ -404,3 +404,54 @@ async fn a_response_past_max_response_bytes_is_cut_off_with_response_too_large()
     assert!(body[1]["data"]["profile"]["attributes"].is_object(), "{body}");
     too_large(&body[2]);
 }
+
+on_both_databases! {
+    async fn values_stored_before_the_limits_are_repaired_by_a_migration_and_read_again(app) {
+        use migrations::MigratorTrait;
+        use sea_orm::ConnectionTrait;
+
+        let id = app
+            .create(json!({"tags": [{"key": "Caf\u{e9}", "value": "a"}, {"key": "x", "value": "b"}]}))
+            .await["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let response = app.update(&id, json!({"scrip": {"attributes": {"k": 1}}})).await;
+        assert!(response.get("errors").is_none(), "{response}");
+        // What the gateway stored before the limits: a value nested past what a read parses, a
+        // number no float holds, and a tag key in NFD beside the same key in NFC.
+        let db = profile_gateway::db::connect(&app.database_url).await.unwrap();
+        let postgres = db.get_database_backend() == sea_orm::DbBackend::Postgres;
+        let deep = nested("[", "1", "]", 200);
+        let attributes = format!(r#"{{"deep": {deep}, "big": 1e400, "kept": "yes"}}"#);
+        let changes = format!(r#"[{{"field": "attributes.deep", "before": null, "after": {deep}}}]"#);
+        let json = |text: &str| if postgres { format!("CAST('{text}' AS jsonb)") } else { format!("'{text}'") };
+        let uuid = |id: &str| if postgres { format!("'{id}'") } else { format!("X'{}'", id.replace('-', "")) };
+        for sql in [
+            format!("UPDATE profiles SET attributes = {} WHERE id = {}", json(&attributes), uuid(&id)),
+            format!("UPDATE profile_changes SET changes = {} WHERE profile_id = {} AND version = 2", json(&changes), uuid(&id)),
+            format!("INSERT INTO profile_tags (profile_id, key, value) VALUES ({}, 'Cafe\u{301}', 'nfd')", uuid(&id)),
+            format!("UPDATE profile_tags SET key = 'x\u{301}' WHERE key = 'x' AND profile_id = {}", uuid(&id)),
+        ] {
+            db.execute_unprepared(&sql).await.unwrap_or_else(|err| panic!("{sql}: {err}"));
+        }
+        // Undo the record of the repair so that the next start runs it.
+        migrations::Migrator::down(&db, Some(1)).await.unwrap();
+        let replica = app.replica().await;
+        let read = replica
+            .ok(
+                "query($id: ID!) { profile(ref: {id: $id}) { attributes tags { key value } history(first: 5) { nodes { version changes { field after } } } } }",
+                json!({"id": id}),
+            )
+            .await;
+        let profile = &read["profile"];
+        // PostgreSQL wrote the number out in full.
+        let big = if postgres { format!("1{}", "0".repeat(400)) } else { "1e400".to_owned() };
+        assert_eq!(profile["attributes"], json!({"deep": deep, "big": big, "kept": "yes"}), "{read}");
+        assert_eq!(profile["tags"], json!([{"key": "Caf\u{e9}", "value": "a"}, {"key": "x\u{301}", "value": "b"}]), "{read}");
+        assert_eq!(profile["history"]["nodes"][0]["changes"][0]["after"], json!(deep), "{read}");
+        // And the profile takes updates again.
+        let response = replica.update(&id, json!({"scrip": {"attributes": {"k": 2}}})).await;
+        assert!(response.get("errors").is_none(), "{response}");
+    }
+}
