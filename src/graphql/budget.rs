@@ -17,7 +17,7 @@ use async_graphql::{Context, ErrorExtensions};
 use crate::domain::{FieldChange, Profile, Scalar};
 use crate::error::{Code, Fault};
 
-/// The bytes one request's response may still take.
+/// The bytes one request's response may take (a batch's responses together).
 #[derive(Debug)]
 pub struct ResponseBudget {
     limit: usize,
@@ -56,6 +56,15 @@ pub fn too_large(limit: usize) -> Fault {
         Code::ResponseTooLarge,
         format!("The response would be larger than {limit} bytes; ask for smaller pages or fewer fields."),
     )
+}
+
+/// Refuses at once when the request's budget is spent: a page resolver asks before it reads,
+/// so that a response already too large reads nothing more.
+pub(super) fn check(ctx: &Context<'_>) -> async_graphql::Result<()> {
+    match ctx.data_opt::<std::sync::Arc<ResponseBudget>>() {
+        Some(budget) if budget.exceeded() => Err(too_large(budget.limit).extend()),
+        _ => Ok(()),
+    }
 }
 
 /// Charges `bytes` to the request's budget, when it has one (requests over HTTP do).

@@ -36,6 +36,7 @@ impl Query {
         #[graphql(desc = "Only the profiles that match every filter given.")] filter: Option<ProfileFilter>,
     ) -> Result<ProfileConnection> {
         let (store, tenant) = scope(ctx)?;
+        super::budget::check(ctx)?;
         let page_size = cursor::page_size(first, MAX_PAGE_SIZE).extend()?;
         let after = after
             .as_deref()
@@ -60,6 +61,9 @@ impl Query {
         for view in &page.profiles {
             super::budget::charge(ctx, || super::budget::profile_bytes(&view.profile))?;
         }
+        // A page is read on the request's own thread, which a large one holds for
+        // milliseconds: other requests (a health check, a small query) run before the next.
+        tokio::task::yield_now().await;
         Ok(ProfileConnection {
             nodes: page.profiles.into_iter().map(Profile::from).collect(),
             has_next_page: page.has_next_page,

@@ -605,6 +605,7 @@ impl Profile {
         >,
     ) -> Result<ProfileHistoryConnection> {
         let (store, tenant) = super::scope(ctx)?;
+        super::budget::check(ctx)?;
         let page_size = cursor::page_size(first, MAX_HISTORY_PAGE).extend()?;
         let before = after
             .as_deref()

@@ -869,13 +869,19 @@ async fn run(
 
     let execution = async {
         let mut answers = Vec::with_capacity(prepared.len());
-        // What the batch's responses may still take.
+        // The batch's responses share one budget: once one is too large, the rest read nothing.
+        let budget = Arc::new(ResponseBudget::new(limits.max_response_bytes));
+        // What the batch's responses may still take as they are written.
         let mut room = limits.max_response_bytes;
         for item in prepared {
             let answer = match item {
                 Prepared::Answered { body, status } => (named(body, request_id), status),
                 Prepared::Execute(request, validation) => {
-                    execute(state, principal, *request, validation, media, request_id, room).await
+                    let spend = Spend {
+                        budget: budget.clone(),
+                        room,
+                    };
+                    execute(state, principal, *request, validation, media, request_id, spend).await
                 }
             };
             room = room.saturating_sub(answer.0.len());
@@ -908,8 +914,15 @@ fn named(mut body: Value, request_id: RequestId) -> String {
     body.to_string()
 }
 
+/// What a response may take: the budget its pages are charged to, and the bytes it may be
+/// written as.
+struct Spend {
+    budget: Arc<ResponseBudget>,
+    room: usize,
+}
+
 /// Executes `request`: its response's JSON text, named with `request_id`, and status; a
-/// response longer than `max_bytes` is cut off and answered with RESPONSE_TOO_LARGE.
+/// response past what `spend` allows is cut off and answered with RESPONSE_TOO_LARGE.
 async fn execute(
     state: &AppState,
     principal: Principal,
@@ -917,13 +930,13 @@ async fn execute(
     validation: Validation,
     media: Media,
     request_id: RequestId,
-    max_bytes: usize,
+    spend: Spend,
 ) -> (String, StatusCode) {
     let actor = Actor {
         api_key_id: Some(principal.key_id),
         request_id: Some(request_id.to_string()),
     };
-    let budget = Arc::new(ResponseBudget::new(max_bytes));
+    let Spend { budget, room } = spend;
     let request = request
         .data(principal)
         .data(principal.tenant)
@@ -947,7 +960,7 @@ async fn execute(
         (named(body, request_id), StatusCode::INTERNAL_SERVER_ERROR)
     };
     let too_large = || {
-        let fault = crate::graphql::too_large(max_bytes);
+        let fault = crate::graphql::too_large(state.limits.max_response_bytes);
         let body = json!({ "data": null, "errors": [{ "message": fault.message, "extensions": { "code": fault.code.as_str() } }] });
         (named(body, request_id), StatusCode::OK)
     };
@@ -969,7 +982,7 @@ async fn execute(
             async_graphql::Value::String(request_id.to_string()),
         );
         // Written through a cap, so that a response too large to send is never written whole.
-        let mut capped = Capped::new(max_bytes);
+        let mut capped = Capped::new(room);
         return match serde_json::to_writer(&mut capped, &response) {
             Ok(()) => match String::from_utf8(capped.bytes) {
                 Ok(body) => (body, StatusCode::OK),
