@@ -10,6 +10,7 @@ use crate::auth::{KeyInfo, Keys, Scope};
 use crate::http::{DEFAULT_API_KEY_CACHE, DEFAULT_TENANT, EdgeConfig, Lifecycle, Limits};
 use crate::idempotency::IdempotencyKeys;
 use crate::store::Store;
+use crate::tenant::Tenants;
 
 /// One GraphQL API over five vendor dialects of profile updates.
 #[derive(Debug, Parser)]
@@ -53,6 +54,50 @@ pub enum Command {
     Apikey {
         #[command(subcommand)]
         command: ApikeyCommand,
+    },
+    /// What a tenant allows browsers: origins (CORS) and end-user tokens (JWT).
+    Tenant {
+        #[command(subcommand)]
+        command: TenantCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TenantCommand {
+    /// Change a tenant's settings (the tenant is created if needed); every replica follows
+    /// within its API-key cache time. Prints the settings after.
+    Set {
+        /// The tenant to change.
+        #[arg(long, value_parser = tenant_name)]
+        tenant: String,
+        /// An origin (scheme://host[:port]) browser pages may call from; repeat it for more. The
+        /// list given replaces the tenant's list.
+        #[arg(long = "allow-origin", value_parser = crate::tenant::origin)]
+        allow_origins: Vec<String>,
+        /// Allow no origin: browsers on other origins are refused.
+        #[arg(long, conflicts_with = "allow_origins")]
+        no_origins: bool,
+        /// The `iss` of the tenant's end-user tokens (with --jwt-jwks-url and --jwt-audience).
+        #[arg(long, value_parser = crate::tenant::http_url, requires_all = ["jwt_jwks_url", "jwt_audience"])]
+        jwt_issuer: Option<String>,
+        /// Where the issuer publishes its signing keys (a JWKS document).
+        #[arg(long, value_parser = crate::tenant::http_url, requires = "jwt_issuer")]
+        jwt_jwks_url: Option<String>,
+        /// The `aud` the tenant's tokens must name.
+        #[arg(long, value_parser = non_empty, requires = "jwt_issuer")]
+        jwt_audience: Option<String>,
+        /// Accept no end-user tokens for this tenant.
+        #[arg(long, conflicts_with = "jwt_issuer")]
+        no_jwt: bool,
+        #[command(flatten)]
+        database: Database,
+    },
+    /// Print a tenant's settings.
+    Show {
+        #[arg(long, value_parser = tenant_name)]
+        tenant: String,
+        #[command(flatten)]
+        database: Database,
     },
 }
 
@@ -167,6 +212,7 @@ pub async fn run(cli: Cli) -> Result<(), BoxError> {
         }
         Command::PrintSchema => print!("{}", crate::sdl()),
         Command::Apikey { command } => apikey(command).await?,
+        Command::Tenant { command } => tenant(command).await?,
     }
     Ok(())
 }
@@ -214,6 +260,70 @@ async fn apikey(command: ApikeyCommand) -> Result<(), BoxError> {
         }
     }
     Ok(())
+}
+
+async fn tenant(command: TenantCommand) -> Result<(), BoxError> {
+    let settings = match command {
+        TenantCommand::Set {
+            tenant,
+            allow_origins,
+            no_origins,
+            jwt_issuer,
+            jwt_jwks_url,
+            jwt_audience,
+            no_jwt,
+            database,
+        } => {
+            let mut change = crate::tenant::Change::default();
+            if no_origins || !allow_origins.is_empty() {
+                change.allowed_origins = Some(allow_origins);
+            }
+            if no_jwt {
+                change.jwt = Some(None);
+            }
+            if let (Some(issuer), Some(jwks_url), Some(audience)) = (jwt_issuer, jwt_jwks_url, jwt_audience) {
+                change.jwt = Some(Some(crate::tenant::Jwt {
+                    issuer,
+                    jwks_url,
+                    audience,
+                }));
+            }
+            let tenants = Tenants::cached(database.open().await?, Duration::ZERO);
+            tenants.set(&tenant, change).await?
+        }
+        TenantCommand::Show { tenant, database } => {
+            let tenants = Tenants::cached(database.open().await?, Duration::ZERO);
+            tenants
+                .show(&tenant)
+                .await?
+                .ok_or_else(|| format!("no tenant is called \"{tenant}\""))?
+        }
+    };
+    print!("{}", settings_text(&settings));
+    Ok(())
+}
+
+fn settings_text(settings: &crate::tenant::Settings) -> String {
+    let origins = if settings.allowed_origins.is_empty() {
+        "none (browsers on other origins are refused)".to_owned()
+    } else {
+        settings.allowed_origins.join(" ")
+    };
+    let mut text = format!("tenant           {}\nallowed origins  {origins}\n", settings.name);
+    match &settings.jwt {
+        Some(jwt) => text.push_str(&format!(
+            "jwt issuer       {}\njwt jwks url     {}\njwt audience     {}\n",
+            jwt.issuer, jwt.jwks_url, jwt.audience
+        )),
+        None => text.push_str("jwt              none (API keys only)\n"),
+    }
+    text
+}
+
+fn non_empty(text: &str) -> Result<String, String> {
+    (!text.trim().is_empty())
+        .then(|| text.to_owned())
+        .ok_or_else(|| "must not be empty".to_owned())
 }
 
 fn key_table(keys: &[KeyInfo]) -> String {

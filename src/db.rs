@@ -392,7 +392,7 @@ mod tests {
         ];
         let groups = vec![vec!["p".to_owned(), "vip".to_owned()]];
 
-        Migrator::up(&db, None).await.unwrap();
+        Migrator::up(&db, Some(1)).await.unwrap();
         for (name, rows) in [("profile_tags", &tags), ("profile_groups", &groups)] {
             let (sql, kept) = table(&db, name).await;
             assert!(sql.ends_with("WITHOUT ROWID"), "{sql}");
@@ -414,7 +414,7 @@ mod tests {
         }
 
         // The foreign keys came along: a deleted profile takes its tags and groups with it.
-        Migrator::up(&db, None).await.unwrap();
+        Migrator::up(&db, Some(1)).await.unwrap();
         db.execute_unprepared("DELETE FROM profiles WHERE id = 'p'")
             .await
             .unwrap();

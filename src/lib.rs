@@ -2,7 +2,8 @@
 //!
 //! Layout, from the edge inwards:
 //!
-//! - [`cli`]: the `profile-gateway` command line (`serve`, `migrate`, `print-schema`, `apikey`).
+//! - [`cli`]: the `profile-gateway` command line (`serve`, `migrate`, `print-schema`, `apikey`,
+//!   `tenant`).
 //! - [`http`]: the edge: `/graphql` over HTTP and WebSocket, `/graphiql`, `/healthz`,
 //!   `/readyz`; API keys, limits, request ids, graceful shutdown.
 //! - [`graphql`]: the schema, its client-facing types and thin resolvers.
@@ -12,7 +13,8 @@
 //! - [`store`]: the engine that loads, applies and saves a change set in one transaction.
 //! - [`entity`]: SeaORM entities; [`db`]: connecting and migrating (migrations live in the
 //!   `migrations/` crate).
-//! - [`auth`]: API keys, scopes and the principal a request acts as.
+//! - [`auth`]: API keys, scopes and the principal a request acts as; [`tenant`]: what a tenant
+//!   allows browsers (origins, end-user tokens).
 //! - [`idempotency`]: `Idempotency-Key`s, kept in the database for every replica.
 //! - [`feed`]: live change notices, across replicas through PostgreSQL's LISTEN/NOTIFY.
 //! - [`error`]: the one error type and its mapping to `extensions.code`.
@@ -31,5 +33,6 @@ pub mod http;
 pub mod idempotency;
 pub mod logging;
 pub mod store;
+pub mod tenant;
 
 pub use graphql::{AppSchema, schema, sdl};

@@ -79,7 +79,7 @@ use row::Loaded;
 use written::{WRITTEN_BYTES, Written};
 
 /// The tenant a request acts for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct TenantId(pub Uuid);
 
 /// A profile together with its tenant's custom field definitions, which give its custom
@@ -382,6 +382,7 @@ impl Store {
             name: Set(name.to_owned()),
             last_serial: Set(0),
             created_at: Set(Utc::now()),
+            ..Default::default()
         };
         tenant::Entity::insert(row)
             .on_conflict_do_nothing_on([tenant::Column::Name])

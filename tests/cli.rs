@@ -132,6 +132,85 @@ fn apikey_create_refuses_a_bad_tenant_name_or_scope() {
     }
 }
 
+#[test]
+fn tenant_set_changes_what_a_tenant_allows_browsers_and_show_prints_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("tenants.db").display());
+    let set = run(&[
+        "tenant",
+        "set",
+        "--tenant",
+        "shop",
+        "--allow-origin",
+        "https://app.example.com",
+        "--allow-origin",
+        "http://127.0.0.1:18182",
+        "--jwt-issuer",
+        "https://auth.example.com/",
+        "--jwt-jwks-url",
+        "https://auth.example.com/.well-known/jwks.json",
+        "--jwt-audience",
+        "shop-app",
+        "--database-url",
+        &url,
+    ]);
+    assert!(set.contains("https://app.example.com http://127.0.0.1:18182"), "{set}");
+    assert!(
+        set.contains("https://auth.example.com/.well-known/jwks.json") && set.contains("shop-app"),
+        "{set}"
+    );
+    // A part left out stays; --no-jwt removes the tokens' settings.
+    let set = run(&["tenant", "set", "--tenant", "shop", "--no-jwt", "--database-url", &url]);
+    assert!(
+        set.contains("https://app.example.com") && set.contains("none (API keys only)"),
+        "{set}"
+    );
+    let shown = run(&["tenant", "show", "--tenant", "shop", "--database-url", &url]);
+    assert_eq!(shown, set);
+    let missing = Command::new(BIN)
+        .args(["tenant", "show", "--tenant", "nobody", "--database-url", &url])
+        .output()
+        .unwrap();
+    assert!(!missing.status.success());
+}
+
+#[test]
+fn tenant_set_refuses_bad_values_with_exit_code_2_and_a_clear_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("tenants.db").display());
+    for (args, says) in [
+        (vec!["--allow-origin", "app.example.com"], "is not an origin"),
+        (
+            vec!["--allow-origin", "https://app.example.com/path"],
+            "is not an origin",
+        ),
+        (vec!["--allow-origin", "*"], "is not an origin"),
+        (
+            vec![
+                "--jwt-issuer",
+                "not a url",
+                "--jwt-jwks-url",
+                "https://a.example/jwks",
+                "--jwt-audience",
+                "x",
+            ],
+            "is not an http(s) URL",
+        ),
+        (vec!["--jwt-issuer", "https://a.example/"], "--jwt-jwks-url"),
+        (vec!["--jwt-audience", "x"], "--jwt-issuer"),
+    ] {
+        let output = Command::new(BIN)
+            .args(["tenant", "set", "--tenant", "shop"])
+            .args(&args)
+            .args(["--database-url", &url])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+    }
+}
+
 /// A server started as a newcomer starts it: `serve` in an empty working directory.
 struct Served {
     server: Server,

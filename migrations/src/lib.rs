@@ -10,6 +10,7 @@ mod m20261124_000002_create_api_keys;
 mod m20261124_000003_create_history_and_idempotency;
 mod m20261201_000004_sqlite_tags_and_groups_without_rowid;
 mod m20261207_000005_repair_unreadable_values;
+mod m20261207_000006_tenant_settings;
 
 /// Every migration of the service, oldest first.
 pub struct Migrator;
@@ -23,6 +24,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261124_000003_create_history_and_idempotency::Migration),
             Box::new(m20261201_000004_sqlite_tags_and_groups_without_rowid::Migration),
             Box::new(m20261207_000005_repair_unreadable_values::Migration),
+            Box::new(m20261207_000006_tenant_settings::Migration),
         ]
     }
 }

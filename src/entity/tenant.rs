@@ -9,6 +9,12 @@ pub struct Model {
     pub name: String,
     pub last_serial: i64,
     pub created_at: DateTimeUtc,
+    /// The origins browsers may call from: a JSON list of `scheme://host[:port]`.
+    pub allowed_origins: String,
+    #[sea_orm(unique)]
+    pub jwt_issuer: Option<String>,
+    pub jwt_jwks_url: Option<String>,
+    pub jwt_audience: Option<String>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

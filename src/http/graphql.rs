@@ -564,15 +564,31 @@ async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Principal
             "Send an API key in the X-API-Key header or as Authorization: Bearer <key>.",
         ));
     };
-    match state.keys.authenticate(key).await {
-        Ok(Some(principal)) => Ok(principal),
-        Ok(None) => Err(Refuse::new(
-            StatusCode::UNAUTHORIZED,
-            Code::Unauthenticated.as_str(),
-            "The API key is unknown or revoked.",
-        )),
+    let principal = match state.keys.authenticate(key).await {
+        Ok(Some(principal)) => principal,
+        Ok(None) => {
+            return Err(Refuse::new(
+                StatusCode::UNAUTHORIZED,
+                Code::Unauthenticated.as_str(),
+                "The API key is unknown or revoked.",
+            ));
+        }
+        Err(err) => return Err(server_fault(&err)),
+    };
+    match super::cors::allowed(&state.tenants, principal.tenant, headers).await {
+        Ok(true) => Ok(principal),
+        Ok(false) => Err(origin_not_allowed()),
         Err(err) => Err(server_fault(&err)),
     }
+}
+
+/// The refusal of a browser request from an origin the caller's tenant does not allow.
+fn origin_not_allowed() -> Refuse {
+    Refuse::new(
+        StatusCode::FORBIDDEN,
+        "ORIGIN_NOT_ALLOWED",
+        "This tenant does not allow calls from this page's origin (profile-gateway tenant set --allow-origin).",
+    )
 }
 
 /// The refusal for a failure on our side: UNAVAILABLE (503) while the database is out of

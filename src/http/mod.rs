@@ -1,6 +1,7 @@
 //! The HTTP edge: routes, request ids, API keys, limits, and serving until shutdown.
 
 mod analysis;
+mod cors;
 mod graphql;
 pub mod limits;
 mod scan;
@@ -34,6 +35,7 @@ use crate::auth::Keys;
 use crate::graphql::AppSchema;
 use crate::idempotency::IdempotencyKeys;
 use crate::store::Store;
+use crate::tenant::Tenants;
 
 /// The stack of each thread that serves requests. The scan before parsing keeps every walk
 /// over a document within [`Limits::max_nesting`] levels, which need far less; this much
@@ -122,6 +124,8 @@ pub(crate) struct AppState {
     documents: graphql::Documents,
     lifecycle: Lifecycle,
     graphiql: Arc<str>,
+    /// What each tenant allows browsers, read at most once per key cache time.
+    tenants: Tenants,
     /// How long a valid key is remembered: how often an open socket asks whether its key was
     /// revoked.
     api_key_cache: std::time::Duration,
@@ -153,11 +157,13 @@ pub fn router(store: Store, config: EdgeConfig) -> crate::error::Result<Router> 
     }
     // Every replica's changes: for subscribers here, and to forget kept profiles they changed.
     store.listen();
+    let tenants = Tenants::cached(store.clone(), config.api_key_cache);
     let state = Arc::new(AppState {
         schema: schema(ValidationMode::Strict),
         validated_schema: schema(ValidationMode::Fast),
         store: store.clone(),
         keys: Keys::cached(store.clone(), config.api_key_cache),
+        tenants: tenants.clone(),
         api_key_cache: config.api_key_cache,
         idempotency: IdempotencyKeys::new(store, config.limits.request_timeout()),
         in_flight: Arc::new(tokio::sync::Semaphore::new(config.limits.max_in_flight as usize)),
@@ -169,7 +175,13 @@ pub fn router(store: Store, config: EdgeConfig) -> crate::error::Result<Router> 
     });
     Ok(Router::new()
         .route("/", get(|| async { Redirect::temporary("/graphiql") }))
-        .route("/graphql", get(graphql::get).post(graphql::post))
+        .route(
+            "/graphql",
+            get(graphql::get)
+                .post(graphql::post)
+                .layer(cors::layer(tenants))
+                .layer(middleware::from_fn(cors::preflight_status)),
+        )
         .route(
             "/graphiql",
             get(|state: axum::extract::State<Arc<AppState>>| async move { Html(state.graphiql.to_string()) }),

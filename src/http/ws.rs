@@ -30,6 +30,7 @@ use async_graphql::parser::types::OperationType;
 use async_graphql::{Request, ServerError};
 use axum::extract::FromRequestParts;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade, close_code};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use futures::stream::{BoxStream, SelectAll};
 use futures::{SinkExt, StreamExt};
@@ -40,9 +41,10 @@ use uuid::Uuid;
 
 use super::analysis::{Refusal, analyze, select};
 use super::graphql::{Unparsed, parse_bounded, presented_key};
-use super::{AppState, Limits, SchemaIndex, scan};
+use super::{AppState, Limits, SchemaIndex, cors, scan};
 use crate::auth::Keys;
 use crate::graphql::AppSchema;
+use crate::tenant::Tenants;
 
 /// The one subprotocol spoken; a client that offers no other is closed with 4406.
 const PROTOCOL: &str = "graphql-transport-ws";
@@ -60,12 +62,27 @@ pub(super) async fn subscribe(state: Arc<AppState>, mut parts: axum::http::reque
         .max_message_size(state.limits.max_body_bytes)
         .max_frame_size(state.limits.max_body_bytes);
     let spoken = upgrade.selected_protocol().is_some();
+    // A page on an origin no tenant allows cannot open a socket (cross-site WebSocket
+    // hijacking); one that some tenant allows is checked against its own at connection_init.
+    let origin = cors::cross_origin(&parts.headers).map(str::to_owned);
+    if let Some(origin) = &origin {
+        match state.tenants.snapshot().await {
+            Ok(snapshot) if snapshot.allows_any(origin) => {}
+            Ok(_) => return (StatusCode::FORBIDDEN, "This page's origin may not open a socket.").into_response(),
+            Err(err) => {
+                tracing::warn!(error = %err, "could not read the tenants' origins");
+                return (StatusCode::SERVICE_UNAVAILABLE, "Try again later.").into_response();
+            }
+        }
+    }
     let connection = Connection {
         schema: state.schema.clone(),
         index: state.index.clone(),
         limits: state.limits.clone(),
         keys: state.keys.clone(),
         header_key: presented_key(&parts.headers).map(str::to_owned),
+        tenants: state.tenants.clone(),
+        origin,
         // tokio's interval refuses a zero period.
         recheck_key: state.api_key_cache.max(Duration::from_millis(100)),
     };
@@ -97,6 +114,9 @@ struct Connection {
     limits: Arc<Limits>,
     keys: Keys,
     header_key: Option<String>,
+    tenants: Tenants,
+    /// The page's origin, when it is another than the gateway's.
+    origin: Option<String>,
     recheck_key: Duration,
 }
 
@@ -316,6 +336,16 @@ impl Connection {
         };
         match self.keys.authenticate(&key).await {
             Ok(Some(principal)) => {
+                if let Some(origin) = &self.origin {
+                    match self.tenants.snapshot().await {
+                        Ok(snapshot) if snapshot.allows(principal.tenant, origin) => {}
+                        Ok(_) => return Err("Forbidden: this tenant does not allow this page's origin".to_owned()),
+                        Err(err) => {
+                            tracing::error!(error = %err, "could not read the tenant's origins");
+                            return Err("Forbidden: the origin could not be checked; try again later".to_owned());
+                        }
+                    }
+                }
                 let mut data = async_graphql::Data::default();
                 data.insert(principal);
                 data.insert(principal.tenant);

@@ -4,6 +4,7 @@ mod helpers;
 
 mod auth;
 mod bad_input;
+mod browser;
 mod concurrency;
 mod custom_fields;
 mod dialects;
