@@ -40,6 +40,11 @@ pub enum Command {
         /// finished by then are dropped and the process exits.
         #[arg(long, env = "SHUTDOWN_TIMEOUT_SECS", default_value_t = 15)]
         shutdown_timeout_secs: u64,
+        /// A manifest of trusted documents (a JSON object from SHA-256 hex to document text,
+        /// as GraphQL Code Generator's persisted-documents.json): requests may name them by
+        /// `documentId` ("sha256:<hex>") or Apollo's `extensions.persistedQuery.sha256Hash`.
+        #[arg(long, env = "TRUSTED_DOCUMENTS")]
+        trusted_documents: Option<std::path::PathBuf>,
         #[command(flatten)]
         limits: Limits,
     },
@@ -173,8 +178,17 @@ pub async fn run(cli: Cli) -> Result<(), BoxError> {
             introspection,
             api_key_cache_secs,
             shutdown_timeout_secs,
+            trusted_documents,
             limits,
         } => {
+            // A manifest that cannot be read or does not check out stops the start, before
+            // anything else happens.
+            let trusted_documents = trusted_documents
+                .map(|path| crate::http::trusted::TrustedDocuments::load(&path).map(std::sync::Arc::new))
+                .transpose()?;
+            if let Some(documents) = &trusted_documents {
+                tracing::info!(documents = documents.len(), "trusted documents loaded");
+            }
             let store = database.open().await?;
             store.spawn_checkpoints();
             let keys = Keys::new(store.clone());
@@ -201,6 +215,7 @@ pub async fn run(cli: Cli) -> Result<(), BoxError> {
                 graphiql_key,
                 lifecycle: lifecycle.clone(),
                 api_key_cache: std::time::Duration::from_secs(api_key_cache_secs),
+                trusted_documents,
             };
             let router = crate::http::router(store, config)?;
             let listener = crate::http::bind(listen).await?;

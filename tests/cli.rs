@@ -498,6 +498,37 @@ fn a_server_that_cannot_open_its_database_says_why_and_exits_1() {
     );
 }
 
+#[test]
+fn a_trusted_documents_manifest_that_does_not_check_out_stops_serve_with_a_clear_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("profiles.db").display());
+    let wrong = dir.path().join("wrong.json");
+    std::fs::write(
+        &wrong,
+        r#"{"0000000000000000000000000000000000000000000000000000000000000000": "{ __typename }"}"#,
+    )
+    .unwrap();
+    let not_json = dir.path().join("not-json.json");
+    std::fs::write(&not_json, "[").unwrap();
+    for (manifest, says) in [(&wrong, "does not hash to it"), (&not_json, "not a JSON object")] {
+        let output = Command::new(BIN)
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--database-url",
+                &url,
+                "--trusted-documents",
+            ])
+            .arg(manifest)
+            .output()
+            .expect("the binary runs");
+        assert_eq!(output.status.code(), Some(1));
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(says), "{stderr}");
+    }
+}
+
 /// graphql-http's audits of the GraphQL over HTTP specification, against the real binary.
 /// `.ci/run` installs them and sets REQUIRE_GRAPHQL_JS, so that a missing install fails.
 #[test]

@@ -152,12 +152,19 @@ impl Capped {
 }
 
 impl io::Write for Capped {
+    #[inline]
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.write_all(buf).map(|()| buf.len())
+    }
+
+    // serde_json writes every piece with write_all: one check and one copy each.
+    #[inline]
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
         if self.bytes.len().saturating_add(buf.len()) > self.limit {
             return Err(io::Error::other("the response is larger than its limit"));
         }
         self.bytes.extend_from_slice(buf);
-        Ok(buf.len())
+        Ok(())
     }
 
     fn flush(&mut self) -> io::Result<()> {

@@ -13,6 +13,7 @@
 //!   the limits (400 with a specific code), and the key's scope (FORBIDDEN).
 
 use std::borrow::Cow;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
@@ -30,6 +31,7 @@ use super::analysis::{
     Analysis, Refusal, analyze_operation, check_variables, fragment_chain, has_one_operation, select, too_complex,
     variables_surely_valid, vouches,
 };
+use super::trusted::{self, TrustedDocuments};
 use super::{AppState, RequestId, scan};
 use crate::auth::{Principal, Scope};
 use crate::error::Code;
@@ -303,7 +305,7 @@ pub async fn post(
         // serde_json would read a number it cannot hold as the nearest one it can.
         scan::json_numbers(&body)?;
         let key = idempotency_key(&headers)?;
-        let (requests, batch) = parse_body(&body)?;
+        let (requests, batch) = parse_body(&body, state.trusted.as_deref())?;
         // Only a mutation that this caller may run claims its key: a query is safe to repeat
         // (and its stored answer could be large), and a caller whose scope is too small gets
         // FORBIDDEN, as without the header, rather than another caller's stored response.
@@ -327,16 +329,20 @@ pub async fn post(
             None => respond.await,
         })
     };
-    within_time(&state, result, media, request_id).await
+    within_time(&state, Box::pin(result), media, request_id).await
 }
 
 /// Answers `handling`, or TIMEOUT (504) when all of it (the key, the body, waiting for an
 /// idempotent twin, execution) takes longer than the time limit: execution has a limit of its
 /// own, and this bounds the rest, a moment later so that execution's own answer (which frees
 /// an idempotency key) comes first.
+///
+/// `handling` comes boxed: its future holds the whole request's (execution and all), and
+/// axum and the layers around the handler move the handler's future several times before it
+/// runs, each move a copy of all of it.
 async fn within_time(
     state: &AppState,
-    handling: impl Future<Output = Result<Response, Refuse>>,
+    handling: Pin<Box<impl Future<Output = Result<Response, Refuse>>>>,
     media: Media,
     request_id: RequestId,
 ) -> Response {
@@ -541,10 +547,10 @@ pub async fn get(
     let result = async {
         let _in_flight = admit(&state)?;
         let principal = authenticate(&state, &headers).await?;
-        let request = parse_query_string(query.unwrap_or_default())?;
+        let request = parse_query_string(query.unwrap_or_default(), state.trusted.as_deref())?;
         Ok::<_, Refuse>(run(&state, principal, vec![request], false, Method::Get, media, request_id).await)
     };
-    within_time(&state, result, media, request_id).await
+    within_time(&state, Box::pin(result), media, request_id).await
 }
 
 fn not_acceptable(request_id: RequestId) -> Response {
@@ -647,10 +653,11 @@ async fn read_body(state: &AppState, headers: &HeaderMap, body: Body) -> Result<
 }
 
 /// One request or a batch (a JSON array of requests).
-fn parse_body(body: &[u8]) -> Result<(Vec<Request>, bool), Refuse> {
+fn parse_body(body: &[u8], trusted: Option<&TrustedDocuments>) -> Result<(Vec<Request>, bool), Refuse> {
     // Well-formed bodies, the usual case, are read straight into requests; the rest go
     // through a JSON value first, to say what is wrong with them. (A request without a
-    // query reads as one with an empty query, so those go that way too.)
+    // query reads as one with an empty query, so those go that way too, and so do those that
+    // name a trusted document instead.)
     match body.iter().find(|byte| !byte.is_ascii_whitespace()) {
         Some(b'{') => {
             if let Ok(request) = serde_json::from_slice::<Request>(body)
@@ -669,25 +676,35 @@ fn parse_body(body: &[u8]) -> Result<(Vec<Request>, bool), Refuse> {
         }
         _ => {}
     }
-    parse_value(body)
+    parse_value(body, trusted)
 }
 
 /// [`parse_body`] through a JSON value, which tells what is wrong with a body.
-fn parse_value(body: &[u8]) -> Result<(Vec<Request>, bool), Refuse> {
+fn parse_value(body: &[u8], trusted: Option<&TrustedDocuments>) -> Result<(Vec<Request>, bool), Refuse> {
     let bad = |message: String| Refuse::new(StatusCode::BAD_REQUEST, "BAD_REQUEST", message);
     let value: Value =
         serde_json::from_slice(body).map_err(|err| bad(format!("The body is not valid JSON: {err}.")))?;
     let parse = |value: Value| {
-        if !value.get("query").is_some_and(Value::is_string) {
-            return Err(bad(
-                "The request has no query: send {\"query\": \"...\"} with the document as a string.".to_owned(),
-            ));
-        }
-        serde_json::from_value::<Request>(value).map_err(|err| {
+        let named = if value.get("query").is_some_and(Value::is_string) {
+            None
+        } else {
+            let hash = trusted::named_hash(value.get("documentId"), value.get("extensions")).map_err(bad)?;
+            let Some(hash) = hash else {
+                return Err(bad(
+                    "The request has no query: send {\"query\": \"...\"} with the document as a string.".to_owned(),
+                ));
+            };
+            Some(trusted_document(trusted, hash)?.to_owned())
+        };
+        let mut request = serde_json::from_value::<Request>(value).map_err(|err| {
             bad(format!(
                 "The body is not a GraphQL request ({{\"query\": \"...\"}}): {err}."
             ))
-        })
+        })?;
+        if let Some(document) = named {
+            request.query = document;
+        }
+        Ok(request)
     };
     match value {
         Value::Array(items) if items.is_empty() => Err(bad("The batch is empty.".to_owned())),
@@ -699,21 +716,48 @@ fn parse_value(body: &[u8]) -> Result<(Vec<Request>, bool), Refuse> {
     }
 }
 
-/// A GET request's parameters: `query`, `operationName`, `variables` and `extensions`.
-fn parse_query_string(query: &str) -> Result<Request, Refuse> {
+/// The text of the trusted document `hash` names, or PERSISTED_QUERY_NOT_FOUND.
+fn trusted_document<'a>(trusted: Option<&'a TrustedDocuments>, hash: &str) -> Result<&'a str, Refuse> {
+    trusted.and_then(|documents| documents.get(hash)).ok_or_else(|| {
+        Refuse::new(
+            StatusCode::BAD_REQUEST,
+            "PERSISTED_QUERY_NOT_FOUND",
+            "No trusted document has this id; send the document itself, or an id from the manifest the server loaded.",
+        )
+    })
+}
+
+/// A GET request's parameters: `query` (or `documentId`, or `extensions` naming a persisted
+/// query), `operationName` and `variables`.
+fn parse_query_string(query: &str, trusted: Option<&TrustedDocuments>) -> Result<Request, Refuse> {
     #[derive(serde::Deserialize)]
     #[serde(rename_all = "camelCase")]
     struct Params {
         query: Option<String>,
         operation_name: Option<String>,
         variables: Option<String>,
+        document_id: Option<String>,
+        extensions: Option<String>,
     }
     let bad = |message: String| Refuse::new(StatusCode::BAD_REQUEST, "BAD_REQUEST", message);
     let params: Params =
         serde_urlencoded::from_str(query).map_err(|err| bad(format!("The query string cannot be read: {err}.")))?;
-    let document = params
-        .query
-        .ok_or_else(|| bad("The query parameter is missing.".to_owned()))?;
+    let document = match params.query {
+        Some(document) => document,
+        None => {
+            let extensions = params
+                .extensions
+                .as_deref()
+                .map(serde_json::from_str::<Value>)
+                .transpose()
+                .map_err(|err| bad(format!("The extensions parameter is not JSON: {err}.")))?;
+            let id = params.document_id.map(Value::String);
+            let hash = trusted::named_hash(id.as_ref(), extensions.as_ref())
+                .map_err(bad)?
+                .ok_or_else(|| bad("The query parameter is missing.".to_owned()))?;
+            trusted_document(trusted, hash)?.to_owned()
+        }
+    };
     let mut request = Request::new(document);
     if let Some(name) = params.operation_name.filter(|name| !name.is_empty()) {
         request = request.operation_name(name);
@@ -1134,12 +1178,12 @@ mod tests {
         ];
         for body in bodies {
             assert_eq!(
-                outcome(parse_body(body.as_bytes())),
-                outcome(parse_value(body.as_bytes())),
+                outcome(parse_body(body.as_bytes(), None)),
+                outcome(parse_value(body.as_bytes(), None)),
                 "{body}"
             );
         }
-        assert!(parse_body(bodies[0].as_bytes()).is_ok());
+        assert!(parse_body(bodies[0].as_bytes(), None).is_ok());
     }
 
     #[test]

@@ -5,6 +5,7 @@ mod cors;
 mod graphql;
 pub mod limits;
 mod scan;
+pub mod trusted;
 mod ws;
 
 use std::fmt;
@@ -59,6 +60,8 @@ pub struct EdgeConfig {
     pub lifecycle: Lifecycle,
     /// How long a valid API key is remembered without asking the database (zero: never).
     pub api_key_cache: std::time::Duration,
+    /// The documents requests may name by id (`serve --trusted-documents`).
+    pub trusted_documents: Option<Arc<trusted::TrustedDocuments>>,
 }
 
 /// How long `serve` remembers a valid API key unless told otherwise.
@@ -72,6 +75,7 @@ impl Default for EdgeConfig {
             graphiql_key: None,
             lifecycle: Lifecycle::default(),
             api_key_cache: DEFAULT_API_KEY_CACHE,
+            trusted_documents: None,
         }
     }
 }
@@ -124,6 +128,8 @@ pub(crate) struct AppState {
     documents: graphql::Documents,
     lifecycle: Lifecycle,
     graphiql: Arc<str>,
+    /// The documents requests may name by id.
+    trusted: Option<Arc<trusted::TrustedDocuments>>,
     /// What each tenant allows browsers, read at most once per key cache time.
     tenants: Tenants,
     /// How long a valid key is remembered: how often an open socket asks whether its key was
@@ -164,6 +170,7 @@ pub fn router(store: Store, config: EdgeConfig) -> crate::error::Result<Router> 
         store: store.clone(),
         keys: Keys::cached(store.clone(), config.api_key_cache),
         tenants: tenants.clone(),
+        trusted: config.trusted_documents,
         api_key_cache: config.api_key_cache,
         idempotency: IdempotencyKeys::new(store, config.limits.request_timeout()),
         in_flight: Arc::new(tokio::sync::Semaphore::new(config.limits.max_in_flight as usize)),

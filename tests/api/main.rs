@@ -19,4 +19,5 @@ mod readme;
 mod replicas;
 mod sockets;
 mod subscriptions;
+mod trusted;
 mod written;

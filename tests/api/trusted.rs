@@ -1,0 +1,131 @@
+//! Trusted documents: requests that name a document of the manifest instead of sending it.
+
+use std::sync::Arc;
+
+use profile_gateway::http::trusted::{TrustedDocuments, sha256_hex};
+use profile_gateway::http::{EdgeConfig, Limits};
+use serde_json::{Value, json};
+
+use crate::helpers::TestApp;
+
+const READ: &str = "query Profile($id: ID!) { profile(ref: {id: $id}) { id externalId } }";
+const CREATE: &str = "mutation Create($x: String) { createProfile(input: {externalId: $x}) { id externalId } }";
+/// Asks for more than the complexity limit of the app below allows.
+const HEAVY: &str = "{ profiles(first: 100) { nodes { id externalId } } }";
+
+/// A server that loaded a manifest of [`READ`], [`CREATE`] and [`HEAVY`].
+async fn app_with_manifest() -> (TestApp, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest: serde_json::Map<String, Value> = [READ, CREATE, HEAVY]
+        .into_iter()
+        .map(|document| (sha256_hex(document), json!(document)))
+        .collect();
+    let path = dir.path().join("persisted-documents.json");
+    std::fs::write(&path, Value::Object(manifest).to_string()).unwrap();
+    let app = TestApp::sqlite_with(EdgeConfig {
+        trusted_documents: Some(Arc::new(TrustedDocuments::load(&path).unwrap())),
+        limits: Limits {
+            max_complexity: 100,
+            ..Limits::default()
+        },
+        ..EdgeConfig::default()
+    })
+    .await;
+    (app, dir)
+}
+
+fn id(document: &str) -> String {
+    format!("sha256:{}", sha256_hex(document))
+}
+
+#[tokio::test]
+async fn a_request_may_name_a_trusted_document_by_its_id_over_post_and_get() {
+    let (app, _dir) = app_with_manifest().await;
+    let created = app
+        .post(
+            Some(&app.admin_key),
+            &json!({"documentId": id(CREATE), "variables": {"x": "ana"}}),
+        )
+        .await;
+    assert_eq!(created.status(), 200);
+    let created: Value = created.json().await.unwrap();
+    let profile = created["data"]["createProfile"]["id"]
+        .as_str()
+        .expect("created")
+        .to_owned();
+    // Apollo's persisted query extension.
+    let apollo = json!({
+        "variables": {"id": profile},
+        "extensions": {"persistedQuery": {"version": 1, "sha256Hash": sha256_hex(READ)}},
+    });
+    let read: Value = app.post(Some(&app.admin_key), &apollo).await.json().await.unwrap();
+    assert_eq!(read["data"]["profile"]["externalId"], "ana", "{read}");
+    // GET, with the id in the query string.
+    let url = format!(
+        "{}/graphql?documentId={}&variables={}",
+        app.address,
+        id(READ),
+        urlencode(&json!({"id": profile}).to_string())
+    );
+    let got: Value = app
+        .client
+        .get(url)
+        .header("X-API-Key", &app.admin_key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(got["data"]["profile"]["externalId"], "ana", "{got}");
+}
+
+#[tokio::test]
+async fn an_unknown_id_is_refused_with_persisted_query_not_found_and_limits_still_apply() {
+    let (app, _dir) = app_with_manifest().await;
+    for body in [
+        json!({"documentId": id("{ __typename }")}),
+        json!({"extensions": {"persistedQuery": {"version": 1, "sha256Hash": "00"}}}),
+    ] {
+        let response = app.post(Some(&app.admin_key), &body).await;
+        assert_eq!(response.status(), 400);
+        let answer: Value = response.json().await.unwrap();
+        assert_eq!(
+            answer["errors"][0]["extensions"]["code"], "PERSISTED_QUERY_NOT_FOUND",
+            "{answer}"
+        );
+    }
+    let response = app.post(Some(&app.admin_key), &json!({"documentId": "md5:abc"})).await;
+    assert_eq!(response.status(), 400);
+    let answer: Value = app
+        .post(Some(&app.admin_key), &json!({"documentId": id(HEAVY)}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        answer["errors"][0]["extensions"]["code"], "QUERY_TOO_COMPLEX",
+        "{answer}"
+    );
+    // A server without a manifest knows no id.
+    let plain = TestApp::sqlite().await;
+    let answer: Value = plain
+        .post(Some(&plain.admin_key), &json!({"documentId": id(READ)}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        answer["errors"][0]["extensions"]["code"], "PERSISTED_QUERY_NOT_FOUND",
+        "{answer}"
+    );
+}
+
+fn urlencode(text: &str) -> String {
+    text.bytes()
+        .map(|byte| match byte {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (byte as char).to_string(),
+            _ => format!("%{byte:02X}"),
+        })
+        .collect()
+}
