@@ -47,6 +47,8 @@ pub enum Command {
         trusted_documents: Option<std::path::PathBuf>,
         #[command(flatten)]
         limits: Limits,
+        #[command(flatten)]
+        rates: crate::http::rate::Rates,
     },
     /// Apply pending migrations and exit.
     Migrate {
@@ -180,6 +182,7 @@ pub async fn run(cli: Cli) -> Result<(), BoxError> {
             shutdown_timeout_secs,
             trusted_documents,
             limits,
+            rates,
         } => {
             // A manifest that cannot be read or does not check out stops the start, before
             // anything else happens.
@@ -216,6 +219,7 @@ pub async fn run(cli: Cli) -> Result<(), BoxError> {
                 lifecycle: lifecycle.clone(),
                 api_key_cache: std::time::Duration::from_secs(api_key_cache_secs),
                 trusted_documents,
+                rates,
             };
             let router = crate::http::router(store, config)?;
             let listener = crate::http::bind(listen).await?;

@@ -2,12 +2,13 @@
 //!
 //! Complexity bounds how many fields a response holds, but not how large each is: a page of
 //! profiles carries their attribute maps and tags, a page of history their changes. So the page
-//! resolvers charge what they read to the request's [`ResponseBudget`] before it becomes part
-//! of the response; once the charges pass the limit, every further page is refused and the
-//! HTTP layer answers RESPONSE_TOO_LARGE in place of the response, which stops growing at the
-//! page that crossed the limit instead of being built whole. The HTTP layer also writes the
-//! response through a writer that stops at the limit, which is exact where the charges here
-//! are estimates.
+//! resolvers charge what they read to the request's [`ResponseBudget`] (a batch's requests
+//! share one) before it becomes part of the response; once the charges pass the limit, every
+//! further page is refused unread and the HTTP layer answers RESPONSE_TOO_LARGE in place of the
+//! response, which stops growing at the page that crossed the limit instead of being built
+//! whole. The HTTP layer then checks the response's text against the limit, which is exact
+//! where the charges here are estimates (and covers what is not paged: at most the fields and
+//! aliases the other limits allow).
 
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -135,47 +136,8 @@ impl io::Write for Counter {
     }
 }
 
-/// A writer that keeps at most `limit` bytes and fails past them, so that a response too large
-/// to send is never written whole.
-pub struct Capped {
-    pub bytes: Vec<u8>,
-    limit: usize,
-}
-
-impl Capped {
-    pub fn new(limit: usize) -> Self {
-        Capped {
-            bytes: Vec::new(),
-            limit,
-        }
-    }
-}
-
-impl io::Write for Capped {
-    #[inline]
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.write_all(buf).map(|()| buf.len())
-    }
-
-    // serde_json writes every piece with write_all: one check and one copy each.
-    #[inline]
-    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
-        if self.bytes.len().saturating_add(buf.len()) > self.limit {
-            return Err(io::Error::other("the response is larger than its limit"));
-        }
-        self.bytes.extend_from_slice(buf);
-        Ok(())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use std::io::Write;
-
     use chrono::Utc;
     use serde_json::json;
     use uuid::Uuid;
@@ -199,14 +161,5 @@ mod tests {
         profile.attributes.insert("note".to_owned(), json!("x".repeat(10_000)));
         profile.tags.insert("vip".to_owned(), Some("y".repeat(200)));
         assert!(profile_bytes(&profile) >= empty + 10_200);
-    }
-
-    #[test]
-    fn a_capped_writer_fails_past_its_limit_and_keeps_what_fit() {
-        let mut capped = Capped::new(5);
-        assert!(capped.write_all(b"abc").is_ok());
-        assert!(capped.write_all(b"def").is_err());
-        assert_eq!(capped.bytes, b"abc");
-        assert!(serde_json::to_writer(Capped::new(10), &json!({"a": "x".repeat(20)})).is_err());
     }
 }

@@ -12,7 +12,7 @@ mod types;
 
 use async_graphql::{Context, Schema, SchemaBuilder};
 
-pub use budget::{Capped, ResponseBudget, too_large};
+pub use budget::{ResponseBudget, too_large};
 pub use mutation::Mutation;
 pub use query::Query;
 pub use subscription::{Events, ProfileChangeEvent, Subscription};

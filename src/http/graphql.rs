@@ -13,6 +13,7 @@
 //!   the limits (400 with a specific code), and the key's scope (FORBIDDEN).
 
 use std::borrow::Cow;
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -35,7 +36,7 @@ use super::trusted::{self, TrustedDocuments};
 use super::{AppState, RequestId, scan};
 use crate::auth::{Principal, Scope};
 use crate::error::Code;
-use crate::graphql::{Capped, ResponseBudget};
+use crate::graphql::ResponseBudget;
 use crate::idempotency::{self, Claim, StoredResponse};
 use crate::store::{Actor, TenantId};
 
@@ -117,6 +118,8 @@ struct Refuse {
     status: StatusCode,
     code: &'static str,
     message: String,
+    /// Seconds to wait, for a 429.
+    retry_after: Option<u64>,
 }
 
 impl Refuse {
@@ -125,6 +128,15 @@ impl Refuse {
             status,
             code,
             message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    /// 429 RATE_LIMITED: try again after `wait`.
+    fn rate_limited(wait: std::time::Duration, message: &str) -> Self {
+        Refuse {
+            retry_after: Some(super::rate::retry_after(wait)),
+            ..Refuse::new(StatusCode::TOO_MANY_REQUESTS, "RATE_LIMITED", message)
         }
     }
 
@@ -147,10 +159,9 @@ impl Refuse {
                     .headers_mut()
                     .insert(header::ALLOW, HeaderValue::from_static("POST"));
             }
-            StatusCode::SERVICE_UNAVAILABLE => {
-                response
-                    .headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS => {
+                let seconds = HeaderValue::from(self.retry_after.unwrap_or(1));
+                response.headers_mut().insert(header::RETRY_AFTER, seconds);
             }
             _ => {}
         }
@@ -285,6 +296,7 @@ enum Method {
 pub async fn post(
     State(state): State<Arc<AppState>>,
     RequestExtension(request_id): RequestExtension<RequestId>,
+    peer: Option<RequestExtension<super::Peer>>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
@@ -293,7 +305,12 @@ pub async fn post(
     };
     let result = async {
         let _in_flight = admit(&state)?;
-        let principal = authenticate(&state, &headers).await?;
+        let principal = authenticate(
+            &state,
+            &headers,
+            peer.map(|RequestExtension(super::Peer(address))| address.ip()),
+        )
+        .await?;
         if !is_json(&headers) {
             return Err(Refuse::new(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -532,6 +549,7 @@ fn media_of(headers: &HeaderMap) -> String {
 pub async fn get(
     State(state): State<Arc<AppState>>,
     RequestExtension(request_id): RequestExtension<RequestId>,
+    peer: Option<RequestExtension<super::Peer>>,
     request: axum::extract::Request,
 ) -> Response {
     let (parts, _) = request.into_parts();
@@ -546,7 +564,12 @@ pub async fn get(
     };
     let result = async {
         let _in_flight = admit(&state)?;
-        let principal = authenticate(&state, &headers).await?;
+        let principal = authenticate(
+            &state,
+            &headers,
+            peer.map(|RequestExtension(super::Peer(address))| address.ip()),
+        )
+        .await?;
         let request = parse_query_string(query.unwrap_or_default(), state.trusted.as_deref())?;
         Ok::<_, Refuse>(run(&state, principal, vec![request], false, Method::Get, media, request_id).await)
     };
@@ -562,25 +585,37 @@ fn not_acceptable(request_id: RequestId) -> Response {
     .into_response(Media::Json, request_id)
 }
 
-async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Principal, Refuse> {
+/// Who the request acts as. An address past its rate of failed credentials is refused before
+/// its key is looked up; a key past its rate after ([`super::rate`]).
+async fn authenticate(state: &AppState, headers: &HeaderMap, peer: Option<IpAddr>) -> Result<Principal, Refuse> {
+    if let Some(wait) = peer.and_then(|peer| state.limiter.blocked(peer)) {
+        return Err(Refuse::rate_limited(
+            wait,
+            "Too many requests with failing credentials came from this address; wait and send a valid key.",
+        ));
+    }
+    let failed = |message: &str| {
+        if let Some(peer) = peer {
+            state.limiter.failed(peer);
+        }
+        Refuse::new(StatusCode::UNAUTHORIZED, Code::Unauthenticated.as_str(), message)
+    };
     let Some(key) = presented_key(headers) else {
-        return Err(Refuse::new(
-            StatusCode::UNAUTHORIZED,
-            Code::Unauthenticated.as_str(),
+        return Err(failed(
             "Send an API key in the X-API-Key header or as Authorization: Bearer <key>.",
         ));
     };
     let principal = match state.keys.authenticate(key).await {
         Ok(Some(principal)) => principal,
-        Ok(None) => {
-            return Err(Refuse::new(
-                StatusCode::UNAUTHORIZED,
-                Code::Unauthenticated.as_str(),
-                "The API key is unknown or revoked.",
-            ));
-        }
+        Ok(None) => return Err(failed("The API key is unknown or revoked.")),
         Err(err) => return Err(server_fault(&err)),
     };
+    if let Err(wait) = state.limiter.take(principal.key_id) {
+        return Err(Refuse::rate_limited(
+            wait,
+            "This API key sent more requests than its rate allows; wait and retry.",
+        ));
+    }
     match super::cors::allowed(&state.tenants, principal.tenant, headers).await {
         Ok(true) => Ok(principal),
         Ok(false) => Err(origin_not_allowed()),
@@ -1041,14 +1076,10 @@ async fn execute(
             "requestId".to_owned(),
             async_graphql::Value::String(request_id.to_string()),
         );
-        // Written through a cap, so that a response too large to send is never written whole.
-        let mut capped = Capped::new(room);
-        return match serde_json::to_writer(&mut capped, &response) {
-            Ok(()) => match String::from_utf8(capped.bytes) {
-                Ok(body) => (body, StatusCode::OK),
-                Err(err) => failed(&err),
-            },
-            Err(err) if err.is_io() => too_large(),
+        // Pages were charged as they were read, so the text is at most about the limit.
+        return match serde_json::to_string(&response) {
+            Ok(body) if body.len() > room => too_large(),
+            Ok(body) => (body, StatusCode::OK),
             Err(err) => failed(&err),
         };
     }

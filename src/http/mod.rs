@@ -4,6 +4,7 @@ mod analysis;
 mod cors;
 mod graphql;
 pub mod limits;
+pub mod rate;
 mod scan;
 pub mod trusted;
 mod ws;
@@ -62,6 +63,7 @@ pub struct EdgeConfig {
     pub api_key_cache: std::time::Duration,
     /// The documents requests may name by id (`serve --trusted-documents`).
     pub trusted_documents: Option<Arc<trusted::TrustedDocuments>>,
+    pub rates: rate::Rates,
 }
 
 /// How long `serve` remembers a valid API key unless told otherwise.
@@ -76,6 +78,7 @@ impl Default for EdgeConfig {
             lifecycle: Lifecycle::default(),
             api_key_cache: DEFAULT_API_KEY_CACHE,
             trusted_documents: None,
+            rates: rate::Rates::default(),
         }
     }
 }
@@ -101,6 +104,24 @@ impl Lifecycle {
             tracing::warn!("some sockets did not close in time");
         }
     }
+}
+
+/// The address a connection comes from, in every request's extensions.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer(pub SocketAddr);
+
+/// Forgets full buckets every minute, for as long as the limiter is in use.
+fn spawn_pruning(limiter: std::sync::Weak<rate::Limiter>) {
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(std::time::Duration::from_secs(60));
+        loop {
+            every.tick().await;
+            match limiter.upgrade() {
+                Some(limiter) => limiter.prune(),
+                None => return,
+            }
+        }
+    });
 }
 
 /// Names one request in its response (`x-request-id`, `extensions.requestId`) and its log lines.
@@ -130,6 +151,7 @@ pub(crate) struct AppState {
     graphiql: Arc<str>,
     /// The documents requests may name by id.
     trusted: Option<Arc<trusted::TrustedDocuments>>,
+    limiter: Arc<rate::Limiter>,
     /// What each tenant allows browsers, read at most once per key cache time.
     tenants: Tenants,
     /// How long a valid key is remembered: how often an open socket asks whether its key was
@@ -164,6 +186,8 @@ pub fn router(store: Store, config: EdgeConfig) -> crate::error::Result<Router> 
     // Every replica's changes: for subscribers here, and to forget kept profiles they changed.
     store.listen();
     let tenants = Tenants::cached(store.clone(), config.api_key_cache);
+    let limiter = Arc::new(rate::Limiter::new(&config.rates));
+    spawn_pruning(Arc::downgrade(&limiter));
     let state = Arc::new(AppState {
         schema: schema(ValidationMode::Strict),
         validated_schema: schema(ValidationMode::Fast),
@@ -171,6 +195,7 @@ pub fn router(store: Store, config: EdgeConfig) -> crate::error::Result<Router> 
         keys: Keys::cached(store.clone(), config.api_key_cache),
         tenants: tenants.clone(),
         trusted: config.trusted_documents,
+        limiter: limiter.clone(),
         api_key_cache: config.api_key_cache,
         idempotency: IdempotencyKeys::new(store, config.limits.request_timeout()),
         in_flight: Arc::new(tokio::sync::Semaphore::new(config.limits.max_in_flight as usize)),
@@ -186,8 +211,7 @@ pub fn router(store: Store, config: EdgeConfig) -> crate::error::Result<Router> 
             "/graphql",
             get(graphql::get)
                 .post(graphql::post)
-                .layer(cors::layer(tenants))
-                .layer(middleware::from_fn(cors::preflight_status)),
+                .layer(middleware::from_fn_with_state(cors::layer(tenants), cors::handle)),
         )
         .route(
             "/graphiql",
@@ -296,9 +320,9 @@ pub async fn serve_until(
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     tokio::pin!(signal);
     loop {
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok(accepted) => accepted,
                 Err(err) => {
                     // Out of file descriptors, say: wait rather than spin.
                     tracing::warn!(%err, "cannot accept a connection");
@@ -308,7 +332,11 @@ pub async fn serve_until(
             },
             () = &mut signal => break,
         };
-        let service = hyper_util::service::TowerToHyperService::new(router.clone());
+        let service = tower::ServiceExt::map_request(router.clone(), move |mut request: axum::http::Request<_>| {
+            request.extensions_mut().insert(Peer(peer));
+            request
+        });
+        let service = hyper_util::service::TowerToHyperService::new(service);
         let connection = connections
             .serve_connection_with_upgrades(TokioIo::new(stream), service)
             .into_owned();

@@ -13,7 +13,7 @@
 //! | `connection_init` refused (no key, unknown or revoked key) | close 4403 |
 //! | the key is revoked while the socket is open (checked every `--api-key-cache-secs`) | close 4403 |
 //! | `subscribe` with the id of a running subscription | close 4409 |
-//! | a second `connection_init` | close 4429 |
+//! | a second `connection_init`, or one from an address past its rate of failing credentials | close 4429 |
 //! | `subscribe` past `--max-subscriptions-per-socket` | `error` for that id, TOO_MANY_SUBSCRIPTIONS |
 //! | an operation refused before it runs (limits, validation, not a subscription) | `error` for that id |
 //! | the server shuts down | close 1001 |
@@ -83,6 +83,11 @@ pub(super) async fn subscribe(state: Arc<AppState>, mut parts: axum::http::reque
         header_key: presented_key(&parts.headers).map(str::to_owned),
         tenants: state.tenants.clone(),
         origin,
+        peer: parts
+            .extensions
+            .get::<super::Peer>()
+            .map(|super::Peer(address)| address.ip()),
+        limiter: state.limiter.clone(),
         // tokio's interval refuses a zero period.
         recheck_key: state.api_key_cache.max(Duration::from_millis(100)),
     };
@@ -117,6 +122,9 @@ struct Connection {
     tenants: Tenants,
     /// The page's origin, when it is another than the gateway's.
     origin: Option<String>,
+    /// The client's address, whose failed credentials are counted.
+    peer: Option<std::net::IpAddr>,
+    limiter: Arc<super::rate::Limiter>,
     recheck_key: Duration,
 }
 
@@ -266,13 +274,24 @@ impl Connection {
                 if session.is_some() {
                     return Next::Close(4429, "Too many initialisation requests".to_owned());
                 }
+                if self.peer.and_then(|peer| self.limiter.blocked(peer)).is_some() {
+                    return Next::Close(
+                        4429,
+                        "Too many failing credentials came from this address; retry later".to_owned(),
+                    );
+                }
                 match self.authenticate(payload.unwrap_or_default()).await {
                     Ok(new) => {
                         *session = Some(new);
                         out.extend(to_text(&ServerMessage::ConnectionAck));
                         Next::Go
                     }
-                    Err(reason) => Next::Close(4403, reason),
+                    Err(reason) => {
+                        if let Some(peer) = self.peer {
+                            self.limiter.failed(peer);
+                        }
+                        Next::Close(4403, reason)
+                    }
                 }
             }
             ClientMessage::Ping {} => {

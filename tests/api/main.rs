@@ -15,6 +15,7 @@ mod history;
 mod hostile;
 mod idempotency;
 mod profiles;
+mod rates;
 mod readme;
 mod replicas;
 mod sockets;

@@ -1,0 +1,160 @@
+//! Rate limits, counted per replica with governor's token buckets (GCRA).
+//!
+//! - Per API key, when `--api-key-rate` is set (unlimited by default: keys belong to servers
+//!   that their operators size): a request past the key's rate is refused with 429 and code
+//!   RATE_LIMITED, with `Retry-After`.
+//! - Per client address, requests whose credentials fail (`--failed-auth-rate` a second): once an
+//!   address is past it, its requests are refused with 429 before any key is looked up, until
+//!   its bucket refills. So a flood of bad credentials costs one map lookup each, not a database
+//!   round trip.
+//!
+//! Each replica counts on its own: behind a load balancer over N replicas, a client gets up to N
+//! times the rate.
+
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+use std::time::{Duration, Instant};
+
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota};
+use uuid::Uuid;
+
+/// The rates, each with a flag and an environment variable.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Rates {
+    /// Requests a second one API key may make on this replica (0: unlimited); bursts of three
+    /// seconds' worth pass.
+    #[arg(long, env = "API_KEY_RATE", default_value_t = 0)]
+    pub api_key_rate: u32,
+    /// Requests a second with failing credentials one client address may make on this replica
+    /// before its requests are refused unread; bursts of three seconds' worth pass.
+    #[arg(long, env = "FAILED_AUTH_RATE", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
+    pub failed_auth_rate: u32,
+}
+
+impl Default for Rates {
+    fn default() -> Self {
+        Rates {
+            api_key_rate: 0,
+            failed_auth_rate: 10,
+        }
+    }
+}
+
+/// The buckets of one replica.
+pub struct Limiter {
+    keys: Option<DefaultKeyedRateLimiter<Uuid>>,
+    failures: DefaultKeyedRateLimiter<IpAddr>,
+    /// Addresses past their failure rate, until when.
+    blocked: moka::sync::Cache<IpAddr, Instant>,
+}
+
+impl std::fmt::Debug for Limiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Limiter").finish_non_exhaustive()
+    }
+}
+
+/// A quota of `rate` a second with bursts of three seconds' worth.
+fn quota(rate: NonZeroU32) -> Quota {
+    Quota::per_second(rate).allow_burst(rate.saturating_mul(NonZeroU32::MIN.saturating_add(2)))
+}
+
+impl Limiter {
+    pub fn new(rates: &Rates) -> Self {
+        let failures = NonZeroU32::new(rates.failed_auth_rate).unwrap_or(NonZeroU32::MIN);
+        Limiter {
+            keys: NonZeroU32::new(rates.api_key_rate).map(|rate| DefaultKeyedRateLimiter::keyed(quota(rate))),
+            failures: DefaultKeyedRateLimiter::keyed(quota(failures)),
+            blocked: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(Duration::from_secs(60))
+                .build(),
+        }
+    }
+
+    /// How long `address` must wait, when it is past its failure rate.
+    pub fn blocked(&self, address: IpAddr) -> Option<Duration> {
+        let until = self.blocked.get(&address)?;
+        until.checked_duration_since(Instant::now())
+    }
+
+    /// Counts a failed authentication from `address`.
+    pub fn failed(&self, address: IpAddr) {
+        if let Err(not_until) = self.failures.check_key(&address) {
+            let wait = not_until.wait_time_from(DefaultClock::default().now());
+            self.blocked.insert(address, Instant::now() + wait);
+        }
+    }
+
+    /// Takes one request from `key`'s bucket; how long to wait when it is empty.
+    pub fn take(&self, key: Uuid) -> Result<(), Duration> {
+        match &self.keys {
+            None => Ok(()),
+            Some(keys) => keys
+                .check_key(&key)
+                .map_err(|not_until| not_until.wait_time_from(DefaultClock::default().now())),
+        }
+    }
+
+    /// Forgets buckets that are full again, so that memory follows the clients of late.
+    pub fn prune(&self) {
+        if let Some(keys) = &self.keys {
+            keys.retain_recent();
+            keys.shrink_to_fit();
+        }
+        self.failures.retain_recent();
+        self.failures.shrink_to_fit();
+    }
+}
+
+/// `Retry-After` for `wait`: whole seconds, at least one.
+pub fn retry_after(wait: Duration) -> u64 {
+    (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_address_past_its_failure_rate_is_blocked_until_its_bucket_refills() {
+        let limiter = Limiter::new(&Rates {
+            api_key_rate: 0,
+            failed_auth_rate: 1,
+        });
+        let address: IpAddr = [10, 0, 0, 1].into();
+        for _ in 0..3 {
+            limiter.failed(address);
+            assert_eq!(limiter.blocked(address), None);
+        }
+        limiter.failed(address);
+        let wait = limiter.blocked(address).expect("blocked");
+        assert!(wait <= Duration::from_secs(1), "{wait:?}");
+        assert_eq!(limiter.blocked([10, 0, 0, 2].into()), None);
+    }
+
+    #[test]
+    fn a_key_gets_its_burst_then_waits_and_keys_are_unlimited_by_default() {
+        let limiter = Limiter::new(&Rates {
+            api_key_rate: 2,
+            failed_auth_rate: 10,
+        });
+        let key = Uuid::new_v4();
+        for _ in 0..6 {
+            assert!(limiter.take(key).is_ok());
+        }
+        assert!(limiter.take(key).is_err());
+        assert!(limiter.take(Uuid::new_v4()).is_ok());
+        let unlimited = Limiter::new(&Rates::default());
+        assert!((0..10_000).all(|_| unlimited.take(key).is_ok()));
+    }
+
+    #[test]
+    fn retry_after_is_whole_seconds_and_at_least_one() {
+        assert_eq!(retry_after(Duration::from_millis(10)), 1);
+        assert_eq!(retry_after(Duration::from_secs(1)), 1);
+        assert_eq!(retry_after(Duration::from_millis(1500)), 2);
+        assert_eq!(retry_after(Duration::ZERO), 1);
+    }
+}
