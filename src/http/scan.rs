@@ -89,17 +89,47 @@ pub fn json_numbers(text: &[u8]) -> Result<(), Flaw> {
     let mut i = 0;
     while let Some(&byte) = text.get(i) {
         match byte {
-            b'"' => i = string_end(text, i),
+            b'"' => i = json_string_end(text, i),
             b'-' | b'0'..=b'9' => {
                 let end = number_end(text, i);
-                // A JSON number is ASCII, so this is whole characters.
-                check_number(&String::from_utf8_lossy(&text[i..end]))?;
+                let number = &text[i..end];
+                if !surely_exact(number) {
+                    // A JSON number is ASCII, so this is whole characters.
+                    check_number(&String::from_utf8_lossy(number))?;
+                }
                 i = end.max(i + 1);
             }
             _ => i += 1,
         }
     }
     Ok(())
+}
+
+/// The index after the JSON string that opens at `start`: a body is mostly strings (the
+/// document, ids), so they are skipped a word at a time rather than byte by byte. (A raw line
+/// break cannot be in a JSON string; the parser refuses it.)
+fn json_string_end(bytes: &[u8], start: usize) -> usize {
+    let mut i = start + 1;
+    while let Some(found) = memchr::memchr2(b'"', b'\\', &bytes[i..]) {
+        i += found;
+        if bytes[i] == b'"' {
+            return i + 1;
+        }
+        i += 2;
+        if i >= bytes.len() {
+            break;
+        }
+    }
+    bytes.len()
+}
+
+/// Whether a number token surely reads back as written, without parsing it: at most 15
+/// digits and no exponent (a 64-bit float holds 15 significant digits, and an integer that
+/// short fits in 64 bits).
+fn surely_exact(number: &[u8]) -> bool {
+    number.len() <= 16
+        && number.iter().filter(|byte| byte.is_ascii_digit()).count() <= 15
+        && number.iter().all(|byte| matches!(byte, b'0'..=b'9' | b'.' | b'-'))
 }
 
 fn check_number(number: &str) -> Result<(), Flaw> {
@@ -209,6 +239,27 @@ impl Decimal {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_json_string_ends_at_its_unescaped_quote() {
+        let body = br#"{"q": "a \" [1e400] \\", "n": 1e400}"#;
+        let start = body.iter().position(|&b| b == b'a').unwrap() - 1;
+        let end = json_string_end(body, start);
+        assert_eq!(&body[end..end + 1], b",");
+        assert!(json_numbers(body).is_err());
+        assert!(json_numbers(br#"{"q": "[1e400]", "n": 12.5, "m": -3}"#).is_ok());
+        assert!(json_numbers(br#"{"q": "unterminated \"#).is_ok());
+    }
+
+    #[test]
+    fn short_numbers_are_surely_exact_and_others_are_checked() {
+        for exact in [&b"0"[..], b"-12", b"12.50", b"123456789012345"] {
+            assert!(surely_exact(exact), "{exact:?}");
+        }
+        for checked in [&b"1e5"[..], b"1234567890123456", b"0.1000000000000000000001"] {
+            assert!(!surely_exact(checked), "{checked:?}");
+        }
+    }
 
     #[test]
     fn brackets_nest_up_to_the_limit_and_no_further() {
