@@ -151,6 +151,9 @@ pub struct Analysis {
     /// The fields the operation may answer, each page counted as the items it asks for: what
     /// [`Limits::max_complexity`] bounds, for the operation and for a batch's sum.
     pub cost: usize,
+    /// Whether it asks for a page anywhere (a field with `first`): only a page's rows are
+    /// charged to the response's budget.
+    pub pages: bool,
 }
 
 /// The operation `operation_name` selects, if the document has exactly that one.
@@ -255,6 +258,7 @@ pub fn analyze_operation(
         operation,
         fields: 0,
         aliases: 0,
+        pages: false,
         fragments: Vec::new(),
     };
     let mut root_fields = Vec::new();
@@ -270,6 +274,7 @@ pub fn analyze_operation(
         kind: operation.ty,
         root_fields,
         cost: walk.fields,
+        pages: walk.pages,
     })
 }
 
@@ -399,6 +404,7 @@ struct Walk<'a> {
     operation: &'a OperationDefinition,
     fields: usize,
     aliases: usize,
+    pages: bool,
     /// Fragments being expanded, innermost last; a cycle is left for validation to report.
     fragments: Vec<&'a Name>,
 }
@@ -464,6 +470,7 @@ impl<'a> Walk<'a> {
                         .and_then(|parent| self.index.objects.get(parent))
                         .and_then(|fields| fields.get(field.name.node.as_str()));
                     let mut asks = definition.and_then(|definition| definition.page);
+                    self.pages |= asks.is_some();
                     for (name, value) in &field.arguments {
                         let ty = definition.and_then(|definition| definition.args.get(name.node.as_str()));
                         self.value(&value.node, ty)?;

@@ -9,6 +9,7 @@
 //! tokens travel in headers. A request without `Origin` (a server, curl), or from the gateway's
 //! own origin (GraphiQL), is not a cross-origin request and passes.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{Request, State};
@@ -24,9 +25,10 @@ use crate::tenant::Tenants;
 /// How long a browser may keep a preflight's answer.
 const MAX_AGE: Duration = Duration::from_secs(600);
 
-/// The CORS layer of `/graphql`.
-pub fn layer(tenants: Tenants) -> CorsLayer {
-    CorsLayer::new()
+/// The CORS layer of `/graphql`, shared: [`handle`] clones it only for a request with an
+/// `Origin`.
+pub fn layer(tenants: Tenants) -> Arc<CorsLayer> {
+    let layer = CorsLayer::new()
         .allow_origin(AllowOrigin::async_predicate(move |origin: HeaderValue, _| {
             let tenants = tenants.clone();
             async move {
@@ -55,7 +57,8 @@ pub fn layer(tenants: Tenants) -> CorsLayer {
             HeaderName::from_static("idempotent-replayed"),
             header::RETRY_AFTER,
         ])
-        .max_age(MAX_AGE)
+        .max_age(MAX_AGE);
+    Arc::new(layer)
 }
 
 /// CORS for `/graphql` through `layer`. A request without `Origin` (a server's, or the
@@ -63,12 +66,12 @@ pub fn layer(tenants: Tenants) -> CorsLayer {
 /// costs every request a copy of its lists. A preflight is answered with 204, and one from an
 /// origin no tenant allows without any `Access-Control-*` header (tower-http answers 200 and
 /// names the methods and headers to every origin).
-pub async fn handle(State(layer): State<CorsLayer>, request: Request, next: Next) -> Response {
+pub async fn handle(State(layer): State<Arc<CorsLayer>>, request: Request, next: Next) -> Response {
     if !request.headers().contains_key(header::ORIGIN) {
         return next.run(request).await;
     }
     let preflight = request.method() == Method::OPTIONS;
-    let mut response = match layer.layer(next).oneshot(request).await {
+    let mut response = match layer.as_ref().clone().layer(next).oneshot(request).await {
         Ok(response) => response,
         Err(never) => match never {},
     };

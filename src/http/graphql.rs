@@ -296,21 +296,17 @@ enum Method {
 pub async fn post(
     State(state): State<Arc<AppState>>,
     RequestExtension(request_id): RequestExtension<RequestId>,
-    peer: Option<RequestExtension<super::Peer>>,
-    headers: HeaderMap,
-    body: Body,
+    request: axum::extract::Request,
 ) -> Response {
+    let (parts, body) = request.into_parts();
+    let peer = parts.extensions.get::<super::Peer>().copied();
+    let headers = parts.headers;
     let Some(media) = negotiate(headers.get(header::ACCEPT).and_then(|v| v.to_str().ok())) else {
         return not_acceptable(request_id);
     };
     let result = async {
         let _in_flight = admit(&state)?;
-        let principal = authenticate(
-            &state,
-            &headers,
-            peer.map(|RequestExtension(super::Peer(address))| address.ip()),
-        )
-        .await?;
+        let principal = authenticate(&state, &headers, peer.map(|super::Peer(address)| address.ip())).await?;
         if !is_json(&headers) {
             return Err(Refuse::new(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -549,10 +545,10 @@ fn media_of(headers: &HeaderMap) -> String {
 pub async fn get(
     State(state): State<Arc<AppState>>,
     RequestExtension(request_id): RequestExtension<RequestId>,
-    peer: Option<RequestExtension<super::Peer>>,
     request: axum::extract::Request,
 ) -> Response {
     let (parts, _) = request.into_parts();
+    let peer = parts.extensions.get::<super::Peer>().copied();
     let upgrade = parts.headers.get(header::UPGRADE).and_then(|v| v.to_str().ok());
     if upgrade.is_some_and(|protocol| protocol.eq_ignore_ascii_case("websocket")) {
         return super::ws::subscribe(state, parts).await;
@@ -564,12 +560,7 @@ pub async fn get(
     };
     let result = async {
         let _in_flight = admit(&state)?;
-        let principal = authenticate(
-            &state,
-            &headers,
-            peer.map(|RequestExtension(super::Peer(address))| address.ip()),
-        )
-        .await?;
+        let principal = authenticate(&state, &headers, peer.map(|super::Peer(address)| address.ip())).await?;
         let request = parse_query_string(query.unwrap_or_default(), state.trusted.as_deref())?;
         Ok::<_, Refuse>(run(&state, principal, vec![request], false, Method::Get, media, request_id).await)
     };
@@ -859,6 +850,8 @@ async fn run(
     let mut prepared = Vec::with_capacity(requests.len());
     // The batch's operations' complexity together: bounded as one operation's is.
     let mut cost = 0usize;
+    // Whether any asks for a page (when one is not selected, execution fails before it starts).
+    let mut pages = false;
     for mut request in requests {
         if request.query.len() > limits.max_document_bytes {
             return Refuse::new(
@@ -893,6 +886,7 @@ async fn run(
         };
         if let Ok(analysis) = checked {
             cost = cost.saturating_add(analysis.cost);
+            pages |= analysis.pages;
         }
         let checked = checked.and_then(|analysis| {
             if cost > limits.max_complexity {
@@ -965,7 +959,7 @@ async fn run(
     let execution = async {
         let mut answers = Vec::with_capacity(prepared.len());
         // The batch's responses share one budget: once one is too large, the rest read nothing.
-        let budget = Arc::new(ResponseBudget::new(limits.max_response_bytes));
+        let budget = pages.then(|| Arc::new(ResponseBudget::new(limits.max_response_bytes)));
         // What the batch's responses may still take as they are written.
         let mut room = limits.max_response_bytes;
         for item in prepared {
@@ -1012,7 +1006,8 @@ fn named(mut body: Value, request_id: RequestId) -> String {
 /// What a response may take: the budget its pages are charged to, and the bytes it may be
 /// written as.
 struct Spend {
-    budget: Arc<ResponseBudget>,
+    /// None when no operation of the batch asks for a page.
+    budget: Option<Arc<ResponseBudget>>,
     room: usize,
 }
 
@@ -1032,11 +1027,10 @@ async fn execute(
         request_id: Some(request_id.to_string()),
     };
     let Spend { budget, room } = spend;
-    let request = request
-        .data(principal)
-        .data(principal.tenant)
-        .data(actor)
-        .data(budget.clone());
+    let mut request = request.data(principal).data(principal.tenant).data(actor);
+    if let Some(budget) = &budget {
+        request = request.data(budget.clone());
+    }
     let mut response = match &validation {
         Validation::Done => state.validated_schema.execute(request).await,
         Validation::Full { .. } => state.schema.execute(request).await,
@@ -1059,7 +1053,7 @@ async fn execute(
         let body = json!({ "data": null, "errors": [{ "message": fault.message, "extensions": { "code": fault.code.as_str() } }] });
         (named(body, request_id), StatusCode::OK)
     };
-    if budget.exceeded() {
+    if budget.as_ref().is_some_and(|budget| budget.exceeded()) {
         return too_large();
     }
     // The usual case goes straight to text; a request error is reshaped first (below).

@@ -13,6 +13,7 @@
 
 use std::net::IpAddr;
 use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use governor::clock::{Clock, DefaultClock};
@@ -47,6 +48,8 @@ pub struct Limiter {
     failures: DefaultKeyedRateLimiter<IpAddr>,
     /// Addresses past their failure rate, until when.
     blocked: moka::sync::Cache<IpAddr, Instant>,
+    /// Whether any address may be blocked: a request then asks `blocked`, else nothing.
+    any_blocked: AtomicBool,
 }
 
 impl std::fmt::Debug for Limiter {
@@ -70,11 +73,15 @@ impl Limiter {
                 .max_capacity(100_000)
                 .time_to_live(Duration::from_secs(60))
                 .build(),
+            any_blocked: AtomicBool::new(false),
         }
     }
 
     /// How long `address` must wait, when it is past its failure rate.
     pub fn blocked(&self, address: IpAddr) -> Option<Duration> {
+        if !self.any_blocked.load(Ordering::Relaxed) {
+            return None;
+        }
         let until = self.blocked.get(&address)?;
         until.checked_duration_since(Instant::now())
     }
@@ -84,6 +91,7 @@ impl Limiter {
         if let Err(not_until) = self.failures.check_key(&address) {
             let wait = not_until.wait_time_from(DefaultClock::default().now());
             self.blocked.insert(address, Instant::now() + wait);
+            self.any_blocked.store(true, Ordering::Relaxed);
         }
     }
 
@@ -105,6 +113,12 @@ impl Limiter {
         }
         self.failures.retain_recent();
         self.failures.shrink_to_fit();
+        // Cleared before the count is read: an address blocked meanwhile sets it again.
+        self.any_blocked.store(false, Ordering::Relaxed);
+        self.blocked.run_pending_tasks();
+        if self.blocked.entry_count() > 0 {
+            self.any_blocked.store(true, Ordering::Relaxed);
+        }
     }
 }
 
