@@ -192,7 +192,7 @@ impl Connection {
         let mut started: u64 = 0;
         let init_deadline = tokio::time::sleep(self.limits.connection_init_timeout());
         tokio::pin!(init_deadline);
-        let mut recheck = tokio::time::interval(self.recheck_key);
+        let mut recheck = tokio::time::interval_at(tokio::time::Instant::now() + self.recheck_key, self.recheck_key);
         recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let outcome: Next = loop {
             let mut out: Vec<String> = Vec::new();
