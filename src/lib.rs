@@ -14,7 +14,7 @@
 //! - [`entity`]: SeaORM entities; [`db`]: connecting and migrating (migrations live in the
 //!   `migrations/` crate).
 //! - [`auth`]: API keys, scopes and the principal a request acts as; [`tenant`]: what a tenant
-//!   allows browsers (origins, end-user tokens).
+//!   allows browsers (origins, end-user tokens); [`jwt`]: verifying end users' tokens.
 //! - [`idempotency`]: `Idempotency-Key`s, kept in the database for every replica.
 //! - [`feed`]: live change notices, across replicas through PostgreSQL's LISTEN/NOTIFY.
 //! - [`error`]: the one error type and its mapping to `extensions.code`.
@@ -31,6 +31,7 @@ pub mod feed;
 pub mod graphql;
 pub mod http;
 pub mod idempotency;
+pub mod jwt;
 pub mod logging;
 pub mod store;
 pub mod tenant;

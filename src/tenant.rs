@@ -85,6 +85,20 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
+    /// The snapshot of these tenants' settings.
+    pub fn of(settings: impl IntoIterator<Item = Settings>) -> Self {
+        let mut snapshot = Snapshot::default();
+        for settings in settings {
+            let settings = Arc::new(settings);
+            snapshot.origins.extend(settings.allowed_origins.iter().cloned());
+            if let Some(jwt) = &settings.jwt {
+                snapshot.issuers.insert(jwt.issuer.clone(), settings.tenant);
+            }
+            snapshot.tenants.insert(settings.tenant, settings);
+        }
+        snapshot
+    }
+
     /// Whether some tenant allows `origin`.
     pub fn allows_any(&self, origin: &str) -> bool {
         self.origins.contains(origin)
@@ -196,16 +210,8 @@ impl Tenants {
             )
             .all(self.store.connection())
             .await?;
-        let mut snapshot = Snapshot::default();
-        for row in rows {
-            let settings = Arc::new(settings(row)?);
-            snapshot.origins.extend(settings.allowed_origins.iter().cloned());
-            if let Some(jwt) = &settings.jwt {
-                snapshot.issuers.insert(jwt.issuer.clone(), settings.tenant);
-            }
-            snapshot.tenants.insert(settings.tenant, settings);
-        }
-        let snapshot = Arc::new(snapshot);
+        let settings = rows.into_iter().map(settings).collect::<Result<Vec<_>>>()?;
+        let snapshot = Arc::new(Snapshot::of(settings));
         *kept = Some((Instant::now(), snapshot.clone()));
         Ok(snapshot)
     }

@@ -1,0 +1,230 @@
+//! End users' tokens (JWT), verified against the signing keys their tenant's issuer publishes.
+//!
+//! A token's `iss` selects the tenant configured with that issuer (`tenant set --jwt-issuer`);
+//! its signature is checked against that tenant's JWKS with RS256, ES256 or EdDSA (`none` and
+//! every HMAC algorithm are refused, so a published key can never serve as an HMAC secret),
+//! and `exp`, `nbf` (60 s leeway), `iss`, `aud` and a non-empty `sub` are required and checked.
+//!
+//! Keys are fetched over HTTP (5 s timeout) and kept as the JWKS response's `Cache-Control:
+//! max-age` says, at least a minute and at most a day. A token naming a `kid` the kept keys do
+//! not hold makes a refetch, at most once per 30 s per JWKS. When the issuer cannot be reached,
+//! the keys kept before go on serving, stale or not; with none kept, the token is refused as
+//! [`Refusal::Unavailable`] (503). Any other fault is [`Refusal::Invalid`] (401), without
+//! saying which check failed.
+//!
+//! Not yet accepted by the edge: a token acts for one person, and the `self` scope that limits
+//! it to that person's profile comes first.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use jsonwebtoken::dangerous::insecure_decode;
+use jsonwebtoken::jwk::{Jwk, JwkSet, KeyAlgorithm};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode, decode_header};
+use serde::Deserialize;
+
+use crate::store::TenantId;
+use crate::tenant::Snapshot;
+
+/// The algorithms accepted: asymmetric only.
+const ALGORITHMS: [Algorithm; 3] = [Algorithm::RS256, Algorithm::ES256, Algorithm::EdDSA];
+/// Clock skew allowed for `exp` and `nbf`.
+const LEEWAY_SECS: u64 = 60;
+/// How long a JWKS may take to arrive.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
+/// Bounds of how long fetched keys are kept.
+const KEEP_AT_LEAST: Duration = Duration::from_secs(60);
+const KEEP_AT_MOST: Duration = Duration::from_secs(24 * 60 * 60);
+/// Least time between two fetches of one JWKS for unknown `kid`s.
+const REFETCH_AFTER: Duration = Duration::from_secs(30);
+
+/// Whom a verified token stands for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claims {
+    pub tenant: TenantId,
+    pub issuer: String,
+    pub subject: String,
+}
+
+/// Why a token is not accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// 401 UNAUTHENTICATED, whatever the check that failed.
+    Invalid,
+    /// 503 UNAVAILABLE: the issuer's keys cannot be fetched and none are kept.
+    Unavailable,
+}
+
+/// The keys of one JWKS as last fetched.
+#[derive(Debug)]
+struct Kept {
+    keys: Option<JwkSet>,
+    fresh_until: Instant,
+    /// When a fetch was last tried, so that unknown `kid`s refetch at most every
+    /// [`REFETCH_AFTER`].
+    tried_at: Instant,
+}
+
+/// Verifies tokens, keeping each issuer's keys.
+#[derive(Debug)]
+pub struct Verifier {
+    client: reqwest::Client,
+    kept: Mutex<HashMap<String, Kept>>,
+}
+
+impl Verifier {
+    pub fn new() -> Result<Self, reqwest::Error> {
+        let client = reqwest::Client::builder()
+            .timeout(FETCH_TIMEOUT)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()?;
+        Ok(Verifier {
+            client,
+            kept: Mutex::default(),
+        })
+    }
+
+    /// Whom `token` stands for, with the tenants' settings of `tenants`.
+    pub async fn verify(&self, token: &str, tenants: &Snapshot) -> Result<Claims, Refusal> {
+        let header = decode_header(token).map_err(|_| Refusal::Invalid)?;
+        if !ALGORITHMS.contains(&header.alg) {
+            return Err(Refusal::Invalid);
+        }
+        #[derive(Deserialize)]
+        struct Issuer {
+            iss: String,
+        }
+        let issuer = insecure_decode::<Issuer>(token)
+            .map_err(|_| Refusal::Invalid)?
+            .claims
+            .iss;
+        let settings = tenants.by_issuer(&issuer).ok_or(Refusal::Invalid)?;
+        let jwt = settings.jwt.as_ref().ok_or(Refusal::Invalid)?;
+        let jwk = self.key(&jwt.jwks_url, header.kid.as_deref()).await?;
+        // A key published for one algorithm verifies that one only.
+        if let Some(published) = jwk.common.key_algorithm {
+            let published = match published {
+                KeyAlgorithm::RS256 => Some(Algorithm::RS256),
+                KeyAlgorithm::ES256 => Some(Algorithm::ES256),
+                KeyAlgorithm::EdDSA => Some(Algorithm::EdDSA),
+                _ => None,
+            };
+            if published != Some(header.alg) {
+                return Err(Refusal::Invalid);
+            }
+        }
+        let key = DecodingKey::from_jwk(&jwk).map_err(|_| Refusal::Invalid)?;
+        let mut validation = Validation::new(header.alg);
+        validation.leeway = LEEWAY_SECS;
+        validation.validate_nbf = true;
+        validation.set_issuer(&[&jwt.issuer]);
+        validation.set_audience(&[&jwt.audience]);
+        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        #[derive(Deserialize)]
+        struct Subject {
+            sub: String,
+        }
+        let subject = decode::<Subject>(token, &key, &validation)
+            .map_err(|_| Refusal::Invalid)?
+            .claims
+            .sub;
+        if subject.is_empty() {
+            return Err(Refusal::Invalid);
+        }
+        Ok(Claims {
+            tenant: settings.tenant,
+            issuer,
+            subject,
+        })
+    }
+
+    /// The key `kid` names in the JWKS at `url` (the only key, when the token names none),
+    /// from the kept keys or fetched.
+    async fn key(&self, url: &str, kid: Option<&str>) -> Result<Jwk, Refusal> {
+        let now = Instant::now();
+        {
+            let mut kept = self.kept.lock().map_err(|_| Refusal::Unavailable)?;
+            let entry = kept.get_mut(url);
+            let found = entry.as_ref().and_then(|entry| find(entry.keys.as_ref()?, kid));
+            let fresh = entry.as_ref().is_some_and(|entry| now < entry.fresh_until);
+            match (found, entry) {
+                (Some(jwk), _) if fresh => return Ok(jwk),
+                // Stale, or a kid it does not hold, and a fetch was tried lately: what is kept.
+                (found, Some(entry)) if now.duration_since(entry.tried_at) < REFETCH_AFTER => {
+                    let missing = if entry.keys.is_some() {
+                        Refusal::Invalid
+                    } else {
+                        Refusal::Unavailable
+                    };
+                    return found.ok_or(missing);
+                }
+                (_, Some(entry)) => entry.tried_at = now,
+                (_, None) => {
+                    let entry = Kept {
+                        keys: None,
+                        fresh_until: now,
+                        tried_at: now,
+                    };
+                    kept.insert(url.to_owned(), entry);
+                }
+            }
+        }
+        let fetched = self.fetch(url).await;
+        let mut kept = self.kept.lock().map_err(|_| Refusal::Unavailable)?;
+        let entry = kept.get_mut(url).ok_or(Refusal::Unavailable)?;
+        match fetched {
+            Ok((keys, keep_for)) => {
+                entry.keys = Some(keys);
+                entry.fresh_until = Instant::now() + keep_for;
+            }
+            Err(err) => tracing::warn!(%url, error = %err, "could not fetch an issuer's keys; keeping those kept"),
+        }
+        match &entry.keys {
+            Some(keys) => find(keys, kid).ok_or(Refusal::Invalid),
+            None => Err(Refusal::Unavailable),
+        }
+    }
+
+    /// The JWKS at `url`, and how long to keep it.
+    async fn fetch(&self, url: &str) -> Result<(JwkSet, Duration), String> {
+        let response = self.client.get(url).send().await.map_err(|err| err.to_string())?;
+        if !response.status().is_success() {
+            return Err(format!("HTTP {}", response.status()));
+        }
+        let keep_for = response
+            .headers()
+            .get(reqwest::header::CACHE_CONTROL)
+            .and_then(|value| value.to_str().ok())
+            .and_then(max_age)
+            .unwrap_or(KEEP_AT_LEAST)
+            .clamp(KEEP_AT_LEAST, KEEP_AT_MOST);
+        let body = response.bytes().await.map_err(|err| err.to_string())?;
+        let keys: JwkSet = serde_json::from_slice(&body).map_err(|err| format!("not a JWKS: {err}"))?;
+        Ok((keys, keep_for))
+    }
+}
+
+/// The key `kid` names, or the only key when there is no `kid`.
+fn find(keys: &JwkSet, kid: Option<&str>) -> Option<Jwk> {
+    match kid {
+        Some(kid) => keys.find(kid).cloned(),
+        None if keys.keys.len() == 1 => keys.keys.first().cloned(),
+        None => None,
+    }
+}
+
+/// `max-age` of a `Cache-Control` value.
+fn max_age(cache_control: &str) -> Option<Duration> {
+    cache_control.split(',').find_map(|directive| {
+        let (name, value) = directive.trim().split_once('=')?;
+        name.trim()
+            .eq_ignore_ascii_case("max-age")
+            .then(|| value.trim().trim_matches('"').parse().ok())
+            .flatten()
+            .map(Duration::from_secs)
+    })
+}
+
+#[cfg(test)]
+mod tests;
