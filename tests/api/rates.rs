@@ -9,6 +9,14 @@ use crate::helpers::TestApp;
 
 const COUNT: &str = "{ profiles { totalCount } }";
 
+async fn app_with(rates: Rates) -> TestApp {
+    TestApp::sqlite_with(EdgeConfig {
+        rates,
+        ..EdgeConfig::default()
+    })
+    .await
+}
+
 async fn ask(app: &TestApp, key: &str) -> (u16, Option<u64>, Value) {
     let response = app.post(Some(key), &json!({"query": COUNT})).await;
     let status = response.status().as_u16();
@@ -21,12 +29,9 @@ async fn ask(app: &TestApp, key: &str) -> (u16, Option<u64>, Value) {
 
 #[tokio::test]
 async fn a_key_past_its_rate_gets_429_rate_limited_with_retry_after_and_other_keys_do_not() {
-    let app = TestApp::sqlite_with(EdgeConfig {
-        rates: Rates {
-            api_key_rate: 2,
-            ..Rates::default()
-        },
-        ..EdgeConfig::default()
+    let app = app_with(Rates {
+        api_key_rate: 2,
+        ..Rates::default()
     })
     .await;
     // A burst of three seconds' worth passes.
@@ -43,12 +48,9 @@ async fn a_key_past_its_rate_gets_429_rate_limited_with_retry_after_and_other_ke
 
 #[tokio::test]
 async fn an_address_sending_failing_credentials_is_refused_before_any_key_is_looked_up() {
-    let app = TestApp::sqlite_with(EdgeConfig {
-        rates: Rates {
-            failed_auth_rate: 1,
-            ..Rates::default()
-        },
-        ..EdgeConfig::default()
+    let app = app_with(Rates {
+        failed_auth_rate: 1,
+        ..Rates::default()
     })
     .await;
     for _ in 0..4 {
@@ -66,12 +68,9 @@ async fn an_address_sending_failing_credentials_is_refused_before_any_key_is_loo
 async fn a_socket_from_an_address_past_its_rate_of_failing_credentials_is_closed_with_4429() {
     use crate::subscriptions::Subscriber;
 
-    let app = TestApp::sqlite_with(EdgeConfig {
-        rates: Rates {
-            failed_auth_rate: 1,
-            ..Rates::default()
-        },
-        ..EdgeConfig::default()
+    let app = app_with(Rates {
+        failed_auth_rate: 1,
+        ..Rates::default()
     })
     .await;
     for _ in 0..4 {
