@@ -40,7 +40,7 @@ impl ResponseBudget {
         let used = self.used.fetch_add(bytes, Ordering::Relaxed).saturating_add(bytes);
         if used > self.limit {
             self.exceeded.store(true, Ordering::Relaxed);
-            return Err(too_large(self.limit));
+            return Err(too_large());
         }
         Ok(())
     }
@@ -51,11 +51,11 @@ impl ResponseBudget {
     }
 }
 
-/// The refusal of a response larger than `limit` bytes.
-pub fn too_large(limit: usize) -> Fault {
+/// The refusal of a response larger than the limit (which, as every limit, it does not state).
+pub fn too_large() -> Fault {
     Fault::new(
         Code::ResponseTooLarge,
-        format!("The response would be larger than {limit} bytes; ask for smaller pages or fewer fields."),
+        "The response would be larger than the server sends; ask for smaller pages or fewer fields.",
     )
 }
 
@@ -63,12 +63,13 @@ pub fn too_large(limit: usize) -> Fault {
 /// so that a response already too large reads nothing more.
 pub(super) fn check(ctx: &Context<'_>) -> async_graphql::Result<()> {
     match ctx.data_opt::<std::sync::Arc<ResponseBudget>>() {
-        Some(budget) if budget.exceeded() => Err(too_large(budget.limit).extend()),
+        Some(budget) if budget.exceeded() => Err(too_large().extend()),
         _ => Ok(()),
     }
 }
 
-/// Charges `bytes` to the request's budget, when it has one (requests over HTTP do).
+/// Charges `bytes` to the request's budget, when it has one (an HTTP request that asks for a
+/// page does).
 pub(super) fn charge(ctx: &Context<'_>, bytes: impl FnOnce() -> usize) -> async_graphql::Result<()> {
     match ctx.data_opt::<std::sync::Arc<ResponseBudget>>() {
         Some(budget) => budget.charge(bytes()).map_err(|fault| fault.extend()),

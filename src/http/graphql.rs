@@ -1049,7 +1049,7 @@ async fn execute(
         (named(body, request_id), StatusCode::INTERNAL_SERVER_ERROR)
     };
     let too_large = || {
-        let fault = crate::graphql::too_large(state.limits.max_response_bytes);
+        let fault = crate::graphql::too_large();
         let body = json!({ "data": null, "errors": [{ "message": fault.message, "extensions": { "code": fault.code.as_str() } }] });
         (named(body, request_id), StatusCode::OK)
     };
