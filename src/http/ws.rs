@@ -170,6 +170,18 @@ enum ServerMessage<'a> {
 /// number tells this subscription from an earlier one with the same id.
 type Event = (String, u64, Option<async_graphql::Response>);
 
+/// What one socket has going on.
+#[derive(Default)]
+struct SocketState {
+    /// Set once the key in `connection_init` was accepted.
+    session: Option<Session>,
+    /// Running subscriptions: id → its number and what ends it.
+    running: HashMap<String, (u64, CancellationToken)>,
+    events: SelectAll<BoxStream<'static, Event>>,
+    /// Subscriptions started, which numbers each.
+    started: u64,
+}
+
 /// A socket's state once the key in `connection_init` was accepted.
 struct Session {
     data: Arc<async_graphql::Data>,
@@ -185,11 +197,7 @@ enum Next {
 impl Connection {
     async fn serve(self, socket: WebSocket, closing: CancellationToken) {
         let (mut sink, mut incoming) = socket.split();
-        let mut session: Option<Session> = None;
-        // Running subscriptions: id → its number and what ends it.
-        let mut running: HashMap<String, (u64, CancellationToken)> = HashMap::new();
-        let mut events: SelectAll<BoxStream<'static, Event>> = SelectAll::new();
-        let mut started: u64 = 0;
+        let mut state = SocketState::default();
         let init_deadline = tokio::time::sleep(self.limits.connection_init_timeout());
         tokio::pin!(init_deadline);
         let mut recheck = tokio::time::interval_at(tokio::time::Instant::now() + self.recheck_key, self.recheck_key);
@@ -198,24 +206,23 @@ impl Connection {
             let mut out: Vec<String> = Vec::new();
             let next = tokio::select! {
                 () = closing.cancelled() => Next::Close(close_code::AWAY, "the server is shutting down".to_owned()),
-                () = &mut init_deadline, if session.is_none() => {
+                () = &mut init_deadline, if state.session.is_none() => {
                     Next::Close(4408, "Connection initialisation timeout".to_owned())
                 }
-                _ = recheck.tick(), if session.is_some() => match &session {
+                _ = recheck.tick(), if state.session.is_some() => match &state.session {
                     Some(session) => self.still_valid(session.key_id).await,
                     None => Next::Go,
                 },
                 message = incoming.next() => match message {
                     None | Some(Err(_)) | Some(Ok(Message::Close(_))) => break Next::Go,
                     Some(Ok(Message::Text(text))) => {
-                        self.on_text(text.as_str(), &mut session, &mut running, &mut events, &mut started, &mut out)
-                            .await
+                        self.on_text(text.as_str(), &mut state, &mut out).await
                     }
                     Some(Ok(Message::Binary(_))) => Next::Close(4400, "Binary messages are not part of graphql-transport-ws".to_owned()),
                     Some(Ok(_)) => Next::Go,
                 },
-                Some((id, number, response)) = events.next(), if !events.is_empty() => {
-                    on_event(&id, number, response, &mut running, &mut out);
+                Some((id, number, response)) = state.events.next(), if !state.events.is_empty() => {
+                    on_event(&id, number, response, &mut state.running, &mut out);
                     Next::Go
                 }
             };
@@ -228,7 +235,7 @@ impl Connection {
                 break next;
             }
         };
-        for (_, (_, stop)) in running {
+        for (_, (_, stop)) in state.running {
             stop.cancel();
         }
         if let Next::Close(code, reason) = outcome {
@@ -253,16 +260,13 @@ impl Connection {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    async fn on_text(
-        &self,
-        text: &str,
-        session: &mut Option<Session>,
-        running: &mut HashMap<String, (u64, CancellationToken)>,
-        events: &mut SelectAll<BoxStream<'static, Event>>,
-        started: &mut u64,
-        out: &mut Vec<String>,
-    ) -> Next {
+    async fn on_text(&self, text: &str, state: &mut SocketState, out: &mut Vec<String>) -> Next {
+        let SocketState {
+            session,
+            running,
+            events,
+            started,
+        } = state;
         let message = match serde_json::from_str::<ClientMessage>(text) {
             Ok(message) => message,
             Err(err) => return Next::Close(4400, format!("Invalid message: {err}")),
