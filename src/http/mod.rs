@@ -149,6 +149,8 @@ pub(crate) struct AppState {
     documents: graphql::Documents,
     lifecycle: Lifecycle,
     graphiql: Arc<str>,
+    /// GraphiQL with the key made on this start, for pages loaded by a loopback name only.
+    graphiql_with_key: Option<Arc<str>>,
     /// The documents requests may name by id.
     trusted: Option<Arc<trusted::TrustedDocuments>>,
     limiter: Arc<rate::Limiter>,
@@ -176,13 +178,19 @@ pub fn router(store: Store, config: EdgeConfig) -> crate::error::Result<Router> 
             .finish()
     };
     let index = SchemaIndex::new(&crate::sdl()).map_err(|err| crate::error::Error::Internal(Box::new(err)))?;
-    let mut graphiql = GraphiQLSource::build()
-        .endpoint("/graphql")
-        .subscription_endpoint("/graphql")
-        .title("profile-gateway");
-    if let Some(key) = &config.graphiql_key {
-        graphiql = graphiql.header("X-API-Key", key).ws_connection_param("X-API-Key", key);
-    }
+    let graphiql = || {
+        GraphiQLSource::build()
+            .endpoint("/graphql")
+            .subscription_endpoint("/graphql")
+            .title("profile-gateway")
+    };
+    let graphiql_with_key = config.graphiql_key.as_ref().map(|key| {
+        graphiql()
+            .header("X-API-Key", key)
+            .ws_connection_param("X-API-Key", key)
+            .finish()
+            .into()
+    });
     // Every replica's changes: for subscribers here, and to forget kept profiles they changed.
     store.listen();
     let tenants = Tenants::cached(store.clone(), config.api_key_cache);
@@ -202,7 +210,8 @@ pub fn router(store: Store, config: EdgeConfig) -> crate::error::Result<Router> 
         limits: Arc::new(config.limits),
         index: Arc::new(index),
         documents: graphql::Documents::new(),
-        graphiql: graphiql.finish().into(),
+        graphiql: graphiql().finish().into(),
+        graphiql_with_key,
         lifecycle: config.lifecycle,
     });
     Ok(Router::new()
@@ -213,15 +222,36 @@ pub fn router(store: Store, config: EdgeConfig) -> crate::error::Result<Router> 
                 .post(graphql::post)
                 .layer(middleware::from_fn_with_state(cors::layer(tenants), cors::handle)),
         )
-        .route(
-            "/graphiql",
-            get(|state: axum::extract::State<Arc<AppState>>| async move { Html(state.graphiql.to_string()) }),
-        )
+        .route("/graphiql", get(graphiql_page))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .layer(CatchPanicLayer::custom(panic_response))
         .layer(middleware::from_fn(request_id))
         .with_state(state))
+}
+
+/// GraphiQL; with the key made on this start only when the page was asked for by a loopback
+/// name, so that a page of another site that a DNS record points at 127.0.0.1 (DNS
+/// rebinding) gets no key.
+async fn graphiql_page(
+    axum::extract::State(state): axum::extract::State<Arc<AppState>>,
+    headers: axum::http::HeaderMap,
+) -> Html<String> {
+    let host = headers.get(header::HOST).and_then(|host| host.to_str().ok());
+    match &state.graphiql_with_key {
+        Some(page) if host.is_some_and(is_loopback_host) => Html(page.to_string()),
+        _ => Html(state.graphiql.to_string()),
+    }
+}
+
+/// Whether `host` (a `Host` header: a name or address, and maybe a port) names this machine's
+/// loopback.
+fn is_loopback_host(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or_default(),
+        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    };
+    name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 /// Ready when the database answers within two seconds: a load balancer sends no traffic to a
@@ -394,4 +424,36 @@ async fn shutdown_signal() {
         () = terminate => {}
     }
     tracing::info!("shutting down");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_loopback_names_and_addresses_are_loopback_hosts() {
+        for host in [
+            "localhost",
+            "localhost:8080",
+            "LOCALHOST:1",
+            "127.0.0.1",
+            "127.0.0.1:8080",
+            "127.1.2.3:80",
+            "[::1]:8080",
+            "[::1]",
+        ] {
+            assert!(is_loopback_host(host), "{host}");
+        }
+        for host in [
+            "evil.example.com",
+            "evil.example.com:8080",
+            "localhost.evil.example",
+            "10.0.0.1:8080",
+            "[::2]:80",
+            "",
+            "127.0.0.1.evil.example",
+        ] {
+            assert!(!is_loopback_host(host), "{host}");
+        }
+    }
 }

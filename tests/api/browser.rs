@@ -215,3 +215,29 @@ async fn a_socket_from_an_origin_outside_its_tenants_list_is_refused() {
     let ack = subscriber.message(Duration::from_secs(10)).await.unwrap();
     assert_eq!(ack["type"], "connection_ack", "{ack}");
 }
+
+/// A page of another site that DNS points at the gateway's address (rebinding) names its own
+/// host: it gets GraphiQL without the key made on the first start.
+#[tokio::test]
+async fn graphiql_hands_the_first_starts_key_only_to_a_page_loaded_by_a_loopback_name() {
+    let key = "pgw_firststart_secretsecretsecret";
+    let app = TestApp::sqlite_with(EdgeConfig {
+        graphiql_key: Some(key.to_owned()),
+        ..EdgeConfig::default()
+    })
+    .await;
+    let page = |host: &'static str| {
+        let mut request = app.client.get(format!("{}/graphiql", app.address));
+        if !host.is_empty() {
+            request = request.header("Host", host);
+        }
+        async move { request.send().await.unwrap().text().await.unwrap() }
+    };
+    // reqwest names the server as the test does: 127.0.0.1:PORT.
+    assert!(page("").await.contains(key));
+    assert!(page("localhost:8080").await.contains(key));
+    for host in ["evil.example.com", "evil.example.com:8080", "10.0.0.7"] {
+        let html = page(host).await;
+        assert!(html.contains("/graphql") && !html.contains(key), "{host} got the key");
+    }
+}
