@@ -83,11 +83,27 @@ fn members(ty: &TypeDefinition) -> Vec<String> {
     members
 }
 
+/// The contract's copy in the repository (so that a fresh clone's tests need nothing beside
+/// it) is the shared contract, where that is checked out next to the repository.
+#[test]
+fn the_contracts_copy_is_the_shared_contract() {
+    let shared = root().join("../shared/contract/api.graphql");
+    let Ok(shared) = std::fs::read_to_string(&shared) else {
+        println!("skipped: no shared contract at {} to compare the copy with", shared.display());
+        return;
+    };
+    let copy = std::fs::read_to_string(root().join("tests/contract/api.graphql")).expect("the contract's copy");
+    assert!(
+        copy == shared,
+        "tests/contract/api.graphql differs from ../shared/contract/api.graphql: copy it again"
+    );
+}
+
 #[test]
 fn schema_holds_every_name_and_type_of_the_contract() {
     let contract_path = std::env::var_os("CONTRACT_PATH")
         .map(PathBuf::from)
-        .unwrap_or_else(|| root().join("../shared/contract/api.graphql"));
+        .unwrap_or_else(|| root().join("tests/contract/api.graphql"));
     let contract = std::fs::read_to_string(&contract_path)
         .unwrap_or_else(|err| panic!("cannot read the contract at {}: {err}", contract_path.display()));
     let contract = parse_schema(&contract).expect("the contract parses");
