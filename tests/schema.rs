@@ -89,7 +89,10 @@ fn members(ty: &TypeDefinition) -> Vec<String> {
 fn the_contracts_copy_is_the_shared_contract() {
     let shared = root().join("../shared/contract/api.graphql");
     let Ok(shared) = std::fs::read_to_string(&shared) else {
-        println!("skipped: no shared contract at {} to compare the copy with", shared.display());
+        println!(
+            "skipped: no shared contract at {} to compare the copy with",
+            shared.display()
+        );
         return;
     };
     let copy = std::fs::read_to_string(root().join("tests/contract/api.graphql")).expect("the contract's copy");

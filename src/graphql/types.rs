@@ -357,7 +357,7 @@ pub struct ProfileChangeRecord {
     /// The id of the request that made the change, as its response and log name it.
     pub request_id: Option<String>,
     /// When the change was made (UTC).
-    pub at: DateTime<Utc>,
+    pub at: Timestamp,
 }
 
 impl From<ChangeRecord> for ProfileChangeRecord {
@@ -368,7 +368,7 @@ impl From<ChangeRecord> for ProfileChangeRecord {
             changes: record.changes.into_iter().map(Into::into).collect(),
             actor: record.actor.map(|id| ID(id.to_string())),
             request_id: record.request_id,
-            at: record.at,
+            at: Timestamp(record.at),
         }
     }
 }
@@ -643,12 +643,34 @@ impl Profile {
     }
 
     /// When the profile was created (UTC).
-    async fn created_at(&self) -> DateTime<Utc> {
-        self.0.profile.created_at
+    async fn created_at(&self) -> Timestamp {
+        Timestamp(self.0.profile.created_at)
     }
 
     /// When the profile last changed (UTC).
-    async fn updated_at(&self) -> DateTime<Utc> {
-        self.0.profile.updated_at
+    async fn updated_at(&self) -> Timestamp {
+        Timestamp(self.0.profile.updated_at)
+    }
+}
+
+/// A moment, as the schema's `DateTime` scalar writes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timestamp(pub DateTime<Utc>);
+
+/// A moment in time in UTC, written in RFC 3339, such as "2026-12-07T21:06:55.123456+00:00".
+#[async_graphql::Scalar(
+    name = "DateTime",
+    specified_by_url = "https://datatracker.ietf.org/doc/html/rfc3339"
+)]
+impl async_graphql::ScalarType for Timestamp {
+    fn parse(value: async_graphql::Value) -> async_graphql::InputValueResult<Self> {
+        match &value {
+            async_graphql::Value::String(text) => Ok(Timestamp(text.parse::<DateTime<Utc>>()?)),
+            _ => Err(async_graphql::InputValueError::expected_type(value)),
+        }
+    }
+
+    fn to_value(&self) -> async_graphql::Value {
+        async_graphql::Value::String(self.0.to_rfc3339())
     }
 }
