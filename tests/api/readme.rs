@@ -39,6 +39,15 @@ async fn every_graphiql_example_of_the_readme_runs_as_written() {
             json!({})
         };
         let data = app.ok(&example, variables).await;
+        // Each update shows a real change in the order the README gives them.
+        for (field, answer) in data.as_object().into_iter().flatten() {
+            if let Some(changes) = answer.get("changes") {
+                assert!(
+                    changes.as_array().is_some_and(|changes| !changes.is_empty()),
+                    "{field} changed nothing: {example}"
+                );
+            }
+        }
         if let Some(created) = data.get("createProfile") {
             id = Some(created["id"].clone());
         }
