@@ -242,7 +242,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn on_postgresql_every_announced_notice_reaches_the_listener_in_the_order_announced() {
         let Ok(url) = std::env::var("TEST_POSTGRES_URL") else {
-            eprintln!("TEST_POSTGRES_URL is not set: not running this test");
+            println!("skipped: TEST_POSTGRES_URL is not set");
             return;
         };
         let db = crate::db::connect(&url).await.unwrap();

@@ -109,7 +109,7 @@ impl TestApp {
     /// address) when given.
     pub async fn postgres_through(via: Option<&str>, config: EdgeConfig) -> Option<TestApp> {
         let Ok(admin_url) = std::env::var(POSTGRES_URL_VAR) else {
-            eprintln!("{POSTGRES_URL_VAR} is not set: not running this test on PostgreSQL");
+            println!("skipped: {POSTGRES_URL_VAR} is not set, so this test does not run on PostgreSQL");
             return None;
         };
         let admin = Database::connect(&admin_url)
