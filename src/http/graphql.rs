@@ -278,6 +278,16 @@ enum Validation {
     Done,
 }
 
+/// Gives each of `errors` that has no `extensions.code` the code `code`: every refusal has one.
+pub(super) fn with_code(errors: &mut [async_graphql::ServerError], code: &str) {
+    for error in errors {
+        let extensions = error.extensions.get_or_insert_with(Default::default);
+        if extensions.get("code").is_none() {
+            extensions.set("code", code);
+        }
+    }
+}
+
 /// Whether `response` comes from an executed operation rather than a request error (parse,
 /// validation, variables, no such operation), which the spec answers with no `data` and
 /// 4xx. Execution gives `data`, unless a non-null root field failed, and then that field's
@@ -299,14 +309,14 @@ pub async fn post(
     request: axum::extract::Request,
 ) -> Response {
     let (parts, body) = request.into_parts();
-    let peer = parts.extensions.get::<super::Peer>().copied();
+    let peer = super::Peer::address(&parts.extensions);
     let headers = parts.headers;
     let Some(media) = negotiate(headers.get(header::ACCEPT).and_then(|v| v.to_str().ok())) else {
         return not_acceptable(request_id);
     };
     let result = async {
         let _in_flight = admit(&state)?;
-        let principal = authenticate(&state, &headers, peer.map(|super::Peer(address)| address.ip())).await?;
+        let principal = authenticate(&state, &headers, peer).await?;
         if !is_json(&headers) {
             return Err(Refuse::new(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -548,7 +558,7 @@ pub async fn get(
     request: axum::extract::Request,
 ) -> Response {
     let (parts, _) = request.into_parts();
-    let peer = parts.extensions.get::<super::Peer>().copied();
+    let peer = super::Peer::address(&parts.extensions);
     let upgrade = parts.headers.get(header::UPGRADE).and_then(|v| v.to_str().ok());
     if upgrade.is_some_and(|protocol| protocol.eq_ignore_ascii_case("websocket")) {
         return super::ws::subscribe(state, parts).await;
@@ -560,7 +570,7 @@ pub async fn get(
     };
     let result = async {
         let _in_flight = admit(&state)?;
-        let principal = authenticate(&state, &headers, peer.map(|super::Peer(address)| address.ip())).await?;
+        let principal = authenticate(&state, &headers, peer).await?;
         let request = parse_query_string(query.unwrap_or_default(), state.trusted.as_deref())?;
         Ok::<_, Refuse>(run(&state, principal, vec![request], false, Method::Get, media, request_id).await)
     };
@@ -1060,12 +1070,7 @@ async fn execute(
     if executed(&response) {
         // Every error of our resolvers has a code; one without is async-graphql's, refusing an
         // argument's value as its type (an Int past 32 bits, say).
-        for error in &mut response.errors {
-            let extensions = error.extensions.get_or_insert_with(Default::default);
-            if extensions.get("code").is_none() {
-                extensions.set("code", Code::ValidationFailed.as_str());
-            }
-        }
+        with_code(&mut response.errors, Code::ValidationFailed.as_str());
         response.extensions.insert(
             "requestId".to_owned(),
             async_graphql::Value::String(request_id.to_string()),

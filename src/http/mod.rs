@@ -110,6 +110,14 @@ impl Lifecycle {
 #[derive(Debug, Clone, Copy)]
 pub struct Peer(pub SocketAddr);
 
+impl Peer {
+    /// The client's address of a request, whose failing credentials are counted; none when
+    /// the router is served some other way than by [`serve_until`].
+    pub fn address(extensions: &axum::http::Extensions) -> Option<std::net::IpAddr> {
+        extensions.get::<Peer>().map(|Peer(address)| address.ip())
+    }
+}
+
 /// Forgets full buckets every minute, for as long as the limiter is in use.
 fn spawn_pruning(limiter: std::sync::Weak<rate::Limiter>) {
     tokio::spawn(async move {

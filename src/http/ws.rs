@@ -40,7 +40,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::analysis::{Refusal, analyze, select};
-use super::graphql::{Unparsed, parse_bounded, presented_key};
+use super::graphql::{Unparsed, parse_bounded, presented_key, with_code};
 use super::{AppState, Limits, SchemaIndex, cors, scan};
 use crate::auth::Keys;
 use crate::graphql::AppSchema;
@@ -83,10 +83,7 @@ pub(super) async fn subscribe(state: Arc<AppState>, mut parts: axum::http::reque
         header_key: presented_key(&parts.headers).map(str::to_owned),
         tenants: state.tenants.clone(),
         origin,
-        peer: parts
-            .extensions
-            .get::<super::Peer>()
-            .map(|super::Peer(address)| address.ip()),
+        peer: super::Peer::address(&parts.extensions),
         limiter: state.limiter.clone(),
         // tokio's interval refuses a zero period.
         recheck_key: state.api_key_cache.max(Duration::from_millis(100)),
@@ -444,12 +441,8 @@ fn on_event(
             if let Some((_, stop)) = running.remove(id) {
                 stop.cancel();
             }
-            for error in &mut response.errors {
-                let extensions = error.extensions.get_or_insert_with(Default::default);
-                if extensions.get("code").is_none() {
-                    extensions.set("code", "GRAPHQL_VALIDATION_FAILED");
-                }
-            }
+            // Refused before it ran: async-graphql's own errors are validation's.
+            with_code(&mut response.errors, "GRAPHQL_VALIDATION_FAILED");
             out.extend(to_text(&ServerMessage::Error {
                 id,
                 payload: &response.errors,
