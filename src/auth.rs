@@ -6,6 +6,7 @@
 //! secret is 256 bits of randomness; there is no password to guess.
 
 use std::fmt;
+use std::sync::Arc;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -17,7 +18,7 @@ use uuid::Uuid;
 
 use crate::entity::{api_key, tenant};
 use crate::error::{Error, Result};
-use crate::store::{Store, TenantId};
+use crate::store::{Actor, Store, TenantId};
 
 const KEY_MARK: &str = "pgw_";
 const PREFIX_BYTES: usize = 8;
@@ -65,6 +66,63 @@ pub struct Principal {
     pub key_id: Uuid,
     pub tenant: TenantId,
     pub scope: Scope,
+}
+
+/// One person, as a verified end-user token names them (`tenant set --jwt-issuer`).
+///
+/// A person acts in the `self` scope: on the one profile of their tenant whose `externalId` is
+/// their `subject`, which they may read, create and update (but not re-key, suspend or delete).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Person {
+    pub tenant: TenantId,
+    /// The token's `iss`.
+    pub issuer: String,
+    /// The token's `sub`: the `externalId` of the person's profile.
+    pub subject: String,
+    /// When the token expires (`exp`, seconds since the epoch): a socket it opened closes then.
+    pub expires_at: u64,
+}
+
+/// Who a request acts as: a service with an API key, or a person with a token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Caller {
+    Key(Principal),
+    Person(Arc<Person>),
+}
+
+impl Caller {
+    pub fn tenant(&self) -> TenantId {
+        match self {
+            Caller::Key(principal) => principal.tenant,
+            Caller::Person(person) => person.tenant,
+        }
+    }
+
+    /// Who the caller is, as the history of what it changes names it.
+    pub fn actor(&self, request_id: String) -> Actor {
+        let (api_key_id, person) = match self {
+            Caller::Key(principal) => (Some(principal.key_id), None),
+            Caller::Person(person) => (None, Some((person.issuer.clone(), person.subject.clone()))),
+        };
+        Actor {
+            api_key_id,
+            person,
+            request_id: Some(request_id),
+        }
+    }
+
+    /// The person the caller acts for, when it is one.
+    pub fn person(&self) -> Option<&Arc<Person>> {
+        match self {
+            Caller::Key(_) => None,
+            Caller::Person(person) => Some(person),
+        }
+    }
+}
+
+/// Whether `presented` is meant as an API key (has its mark) rather than a token.
+pub fn looks_like_key(presented: &str) -> bool {
+    presented.starts_with(KEY_MARK)
 }
 
 /// A key as `apikey list` shows it: never its secret.

@@ -50,6 +50,22 @@ pub fn valid_key(key: &str) -> bool {
     (1..=255).contains(&key.len()) && key.bytes().all(|b| b.is_ascii_graphic())
 }
 
+/// The key as stored: a person's own (so that one person can never be answered with another's
+/// stored response, nor collide with another's keys), or the tenant's for an API key.
+pub fn scoped(person: Option<&str>, key: String) -> String {
+    match person {
+        None => key,
+        Some(subject) => {
+            let mut hash = Sha256::new();
+            hash.update(subject.as_bytes());
+            hash.update([0]);
+            hash.update(key.as_bytes());
+            let hex: String = hash.finalize().iter().map(|b| format!("{b:02x}")).collect();
+            format!("person:{hex}")
+        }
+    }
+}
+
 /// The fingerprint of a request body, which a repeat must match.
 pub fn fingerprint(body: &[u8]) -> Vec<u8> {
     Sha256::digest(body).to_vec()
@@ -184,6 +200,17 @@ impl IdempotencyKeys {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_person_has_keys_of_their_own_that_fit_the_column() {
+        assert_eq!(scoped(None, "k1".to_owned()), "k1");
+        let ana = scoped(Some("ana"), "k1".to_owned());
+        assert_ne!(ana, scoped(Some("bo"), "k1".to_owned()));
+        assert_ne!(ana, scoped(Some("ana"), "k2".to_owned()));
+        // The separator keeps ("a", "b1") and ("ab", "1") apart.
+        assert_ne!(scoped(Some("a"), "b1".to_owned()), scoped(Some("ab"), "1".to_owned()));
+        assert!(valid_key(&ana) && ana.len() <= 255, "{ana}");
+    }
 
     #[test]
     fn keys_are_short_visible_ascii() {

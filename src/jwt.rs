@@ -11,9 +11,6 @@
 //! the keys kept before go on serving, stale or not; with none kept, the token is refused as
 //! [`Refusal::Unavailable`] (503). Any other fault is [`Refusal::Invalid`] (401), without
 //! saying which check failed.
-//!
-//! Not yet accepted by the edge: a token acts for one person, and the `self` scope that limits
-//! it to that person's profile comes first.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -24,7 +21,7 @@ use jsonwebtoken::jwk::{Jwk, JwkSet, KeyAlgorithm};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode, decode_header};
 use serde::Deserialize;
 
-use crate::store::TenantId;
+use crate::auth::Person;
 use crate::tenant::Snapshot;
 
 /// The algorithms accepted: asymmetric only.
@@ -38,14 +35,6 @@ const KEEP_AT_LEAST: Duration = Duration::from_secs(60);
 const KEEP_AT_MOST: Duration = Duration::from_secs(24 * 60 * 60);
 /// Least time between two fetches of one JWKS for unknown `kid`s.
 const REFETCH_AFTER: Duration = Duration::from_secs(30);
-
-/// Whom a verified token stands for.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Claims {
-    pub tenant: TenantId,
-    pub issuer: String,
-    pub subject: String,
-}
 
 /// Why a token is not accepted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,7 +75,7 @@ impl Verifier {
     }
 
     /// Whom `token` stands for, with the tenants' settings of `tenants`.
-    pub async fn verify(&self, token: &str, tenants: &Snapshot) -> Result<Claims, Refusal> {
+    pub async fn verify(&self, token: &str, tenants: &Snapshot) -> Result<Person, Refusal> {
         let header = decode_header(token).map_err(|_| Refusal::Invalid)?;
         if !ALGORITHMS.contains(&header.alg) {
             return Err(Refusal::Invalid);
@@ -124,18 +113,19 @@ impl Verifier {
         #[derive(Deserialize)]
         struct Subject {
             sub: String,
+            exp: u64,
         }
-        let subject = decode::<Subject>(token, &key, &validation)
+        let claims = decode::<Subject>(token, &key, &validation)
             .map_err(|_| Refusal::Invalid)?
-            .claims
-            .sub;
-        if subject.is_empty() {
+            .claims;
+        if claims.sub.is_empty() {
             return Err(Refusal::Invalid);
         }
-        Ok(Claims {
+        Ok(Person {
             tenant: settings.tenant,
             issuer,
-            subject,
+            subject: claims.sub,
+            expires_at: claims.exp,
         })
     }
 

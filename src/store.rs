@@ -200,6 +200,8 @@ fn selected(fields: bool, wanted: profile::Column) -> bool {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Actor {
     pub api_key_id: Option<Uuid>,
+    /// The issuer and subject of the end-user token that made the change.
+    pub person: Option<(String, String)>,
     pub request_id: Option<String>,
 }
 
@@ -210,6 +212,8 @@ pub struct ChangeRecord {
     pub operation: String,
     pub changes: Vec<FieldChange>,
     pub actor: Option<Uuid>,
+    /// The issuer and subject of the end-user token that made the change.
+    pub person: Option<(String, String)>,
     pub request_id: Option<String>,
     pub at: chrono::DateTime<Utc>,
 }
@@ -226,6 +230,10 @@ pub struct Update<'a> {
     /// What of the profile the caller shows: the update reads these beside what the change
     /// set touches, and returns them.
     pub shows: Parts,
+    /// For a person (an end-user token), their `sub`: the update applies only to the profile
+    /// whose externalId it is, and may not change that externalId (FORBIDDEN). `shows` must
+    /// hold the standard fields, where the externalId is.
+    pub person: Option<&'a str>,
 }
 
 /// The outcome of `updateProfile`.
@@ -242,6 +250,8 @@ pub struct ProfileFilter {
     pub status: Option<ProfileStatus>,
     pub tag: Option<String>,
     pub group: Option<String>,
+    /// Only the profile of this externalId: a person's own (an end-user token's `sub`).
+    pub external_id: Option<String>,
 }
 
 /// One page of profiles, ordered by serial number.
@@ -439,7 +449,7 @@ impl Store {
         count: bool,
     ) -> Result<Page> {
         // No tag key or group holds U+0000 (PostgreSQL could not even compare it).
-        if [&filter.tag, &filter.group]
+        if [&filter.tag, &filter.group, &filter.external_id]
             .into_iter()
             .flatten()
             .any(|name| name.contains('\0'))
@@ -850,6 +860,7 @@ impl Store {
                     operation: row.operation,
                     changes: serde_json::from_value(row.changes).map_err(internal)?,
                     actor: row.api_key_id,
+                    person: row.actor_issuer.zip(row.actor_subject),
                     request_id: row.request_id,
                     at: row.at,
                 })
@@ -1064,6 +1075,8 @@ impl Writes {
             operation: Set(operation.to_owned()),
             changes: Set(serde_json::to_value(changes).map_err(internal)?),
             api_key_id: Set(actor.api_key_id),
+            actor_issuer: Set(actor.person.as_ref().map(|(issuer, _)| issuer.clone())),
+            actor_subject: Set(actor.person.as_ref().map(|(_, subject)| subject.clone())),
             request_id: Set(actor.request_id.clone()),
             at: Set(profile.updated_at),
         }));
@@ -1414,6 +1427,9 @@ fn page_condition(tenant: TenantId, filter: &ProfileFilter) -> Condition {
             group,
         ));
     }
+    if let Some(external_id) = &filter.external_id {
+        condition = condition.add(profile::Column::ExternalId.eq(external_id.as_str()));
+    }
     condition
 }
 
@@ -1450,7 +1466,7 @@ fn page_select(
 /// [`page_select`]'s first `rows` as a statement. Its text is built once for each shape of
 /// page (the backend, which filters and whether `after` are given, the parts) rather than by
 /// SeaORM for every page (3.5% of the instructions of a page of 50, W4); its values are bound
-/// in the order SeaORM binds them: tenant, status, tag, group, `after`, and on PostgreSQL the
+/// in the order SeaORM binds them: tenant, status, tag, group, externalId, `after`, and on PostgreSQL the
 /// row count (SQLite's is in the text, see [`limited`]).
 fn page_statement(
     backend: DbBackend,
@@ -1460,8 +1476,8 @@ fn page_statement(
     filter: &ProfileFilter,
     parts: Parts,
 ) -> Statement {
-    // Five things given or not (the backend is PostgreSQL or not) for each combination of parts.
-    const SHAPES: usize = Parts::COMBINATIONS << 5;
+    // Six things given or not (the backend is PostgreSQL or not) for each combination of parts.
+    const SHAPES: usize = Parts::COMBINATIONS << 6;
     static TEXTS: LazyLock<Vec<OnceLock<String>>> = LazyLock::new(|| (0..SHAPES).map(|_| OnceLock::new()).collect());
     // Only PostgreSQL and SQLite are served: no other driver is built in.
     let postgres = backend == DbBackend::Postgres;
@@ -1470,6 +1486,7 @@ fn page_statement(
         filter.status.is_some(),
         filter.tag.is_some(),
         filter.group.is_some(),
+        filter.external_id.is_some(),
         after.is_some(),
     ];
     let shape = given
@@ -1482,6 +1499,7 @@ fn page_statement(
             status: filter.status.map(|_| ProfileStatus::Active),
             tag: filter.tag.as_ref().map(|_| String::new()),
             group: filter.group.as_ref().map(|_| String::new()),
+            external_id: filter.external_id.as_ref().map(|_| String::new()),
         };
         let select = page_select(backend, TenantId(Uuid::nil()), after.map(|_| 0), &filter, parts);
         match postgres {
@@ -1493,6 +1511,7 @@ fn page_statement(
     values.extend(filter.status.map(|status| Value::from(status.as_str())));
     values.extend(filter.tag.as_deref().map(Value::from));
     values.extend(filter.group.as_deref().map(Value::from));
+    values.extend(filter.external_id.as_deref().map(Value::from));
     values.extend(after.map(Value::from));
     let sql = match postgres {
         true => {
@@ -1781,6 +1800,13 @@ fn plan(before: Arc<ProfileView>, change: &ChangeSet, update: &Update<'_>) -> Re
         custom_fields,
         parts,
     } = &*before;
+    // Checked on the profile as the update's transaction reads it, so no change between a
+    // check and the write can slip another person's profile in.
+    if let Some(person) = update.person
+        && profile.external_id() != Some(person)
+    {
+        return Err(Fault::not_found("profile").into());
+    }
     if profile.status == ProfileStatus::Closed {
         return Err(Fault::new(Code::ProfileClosed, "This profile is CLOSED and accepts no updates.").into());
     }
@@ -1799,6 +1825,13 @@ fn plan(before: Arc<ProfileView>, change: &ChangeSet, update: &Update<'_>) -> Re
         .into());
     }
     let (mut after, changes) = change.apply(profile, custom_fields)?;
+    if update.person.is_some() && after.external_id() != profile.external_id() {
+        return Err(Fault::new(
+            Code::Forbidden,
+            "An end-user token may not change its profile's externalId (memberRefId): it is the token's subject.",
+        )
+        .into());
+    }
     if !changes.is_empty() {
         after.version += 1;
         after.updated_at = Utc::now();
@@ -1900,8 +1933,18 @@ fn postgres_write_text(children: Children, read_back: Option<Parts>) -> String {
         parts.push(format!("custom_cleared AS (DELETE FROM custom_field_values AS c USING p WHERE c.profile_id = p.id AND c.field_id IN (SELECT x.id::uuid FROM jsonb_array_elements_text({}::jsonb) AS x(id)))", p()));
         parts.push(format!("custom_written AS (INSERT INTO custom_field_values (profile_id, field_id, value) SELECT p.id, x.field_id, x.value FROM p, jsonb_to_recordset({}::jsonb) AS x(field_id uuid, value text) ON CONFLICT (profile_id, field_id) DO UPDATE SET value = excluded.value)", p()));
     }
-    let [id, version, operation, changes, api_key_id, request_id, at] = [(); 7].map(|()| p());
-    parts.push(format!("history AS (INSERT INTO profile_changes (id, tenant_id, profile_id, version, operation, changes, api_key_id, request_id, at) SELECT {id}, $1, p.id, {version}, {operation}, {changes}, {api_key_id}, {request_id}, {at} FROM p)"));
+    let [
+        id,
+        version,
+        operation,
+        changes,
+        api_key_id,
+        issuer,
+        subject,
+        request_id,
+        at,
+    ] = [(); 9].map(|()| p());
+    parts.push(format!("history AS (INSERT INTO profile_changes (id, tenant_id, profile_id, version, operation, changes, api_key_id, actor_issuer, actor_subject, request_id, at) SELECT {id}, $1, p.id, {version}, {operation}, {changes}, {api_key_id}, {issuer}, {subject}, {request_id}, {at} FROM p)"));
     let applied = "SELECT count(*) AS applied FROM p";
     let select = match read_back {
         None => applied.to_owned(),
@@ -1981,6 +2024,8 @@ async fn write_postgres(
         operation.into(),
         json(&write.updated.changes)?,
         actor.api_key_id.into(),
+        actor.person.as_ref().map(|(issuer, _)| issuer.clone()).into(),
+        actor.person.as_ref().map(|(_, subject)| subject.clone()).into(),
         actor.request_id.clone().into(),
         after.updated_at.into(),
     ]);
@@ -2171,11 +2216,12 @@ mod tests {
         let tenant = TenantId(Uuid::new_v4());
         for backend in [DbBackend::Postgres, DbBackend::Sqlite] {
             for parts in Parts::every() {
-                for given in 0..16_u8 {
+                for given in 0..32_u8 {
                     let filter = ProfileFilter {
                         status: (given & 1 != 0).then_some(ProfileStatus::Suspended),
                         tag: (given & 2 != 0).then(|| "vip".to_owned()),
                         group: (given & 4 != 0).then(|| "it's".to_owned()),
+                        external_id: (given & 16 != 0).then(|| "ana".to_owned()),
                     };
                     let after = (given & 8 != 0).then_some(41);
                     // Twice: the first builds the shape's text, the second takes it as built.
@@ -2299,7 +2345,7 @@ mod tests {
                 .into_iter()
                 .filter(|&t| t)
                 .count();
-            let expected = 3 + WRITTEN_COLUMNS.len() + 2 * touched + 7;
+            let expected = 3 + WRITTEN_COLUMNS.len() + 2 * touched + 9;
             assert_eq!(parameters(sql), (1..=expected).collect(), "{case}");
             assert_eq!(sql.contains("LEFT JOIN LATERAL"), read_back.is_some(), "{case}");
         }
@@ -2359,6 +2405,7 @@ mod tests {
             expected_version: None,
             dry_run: false,
             shows: Parts::ROW,
+            person: None,
         };
         let write = |before| match plan(before, &rename, &update).unwrap() {
             Plan::Write(write) => write,
@@ -2442,10 +2489,7 @@ INSERT INTO "profile_groups" ("profile_id", "name") VALUES (?, ?)"#
     fn history_records_take_ids_in_the_order_they_are_written() {
         let tenant = TenantId(Uuid::new_v4());
         let mut profile = Profile::new(Uuid::new_v4(), 1, Utc::now());
-        let actor = Actor {
-            api_key_id: None,
-            request_id: None,
-        };
+        let actor = Actor::default();
         let mut writes = Writes::new(DbBackend::Sqlite);
         for _ in 0..100 {
             writes

@@ -11,6 +11,7 @@ mod m20261124_000003_create_history_and_idempotency;
 mod m20261201_000004_sqlite_tags_and_groups_without_rowid;
 mod m20261207_000005_repair_unreadable_values;
 mod m20261207_000006_tenant_settings;
+mod m20261208_000007_history_names_persons;
 
 /// Every migration of the service, oldest first.
 pub struct Migrator;
@@ -25,6 +26,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261201_000004_sqlite_tags_and_groups_without_rowid::Migration),
             Box::new(m20261207_000005_repair_unreadable_values::Migration),
             Box::new(m20261207_000006_tenant_settings::Migration),
+            Box::new(m20261208_000007_history_names_persons::Migration),
         ]
     }
 }

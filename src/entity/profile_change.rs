@@ -13,6 +13,9 @@ pub struct Model {
     #[sea_orm(column_type = "JsonBinary")]
     pub changes: Json,
     pub api_key_id: Option<Uuid>,
+    /// The issuer and subject of the end-user token that made the change.
+    pub actor_issuer: Option<String>,
+    pub actor_subject: Option<String>,
     pub request_id: Option<String>,
     pub at: DateTimeUtc,
 }

@@ -10,6 +10,8 @@ mod query;
 mod subscription;
 mod types;
 
+use std::sync::Arc;
+
 use async_graphql::{Context, Schema, SchemaBuilder};
 
 pub use budget::{ResponseBudget, too_large};
@@ -18,12 +20,17 @@ pub use query::Query;
 pub use subscription::{Events, ProfileChangeEvent, Subscription};
 pub use types::{CustomFieldType, MemberType, ProfileStatus};
 
-use crate::store::{Actor, Store, TenantId};
+use crate::auth::Person;
+use crate::domain::ProfileKey;
+use crate::store::{Actor, Parts, ProfileView, Store, TenantId};
 
 pub type AppSchema = Schema<Query, Mutation, Subscription>;
 
 /// Mutation root fields that need an admin key; every other mutation needs write.
 pub const ADMIN_FIELDS: &[&str] = &["defineCustomField"];
+
+/// Mutation root fields a person (an end-user token) may not run: they are the tenant's.
+pub const NOT_FOR_PERSONS: &[&str] = &["setProfileStatus", "deleteProfile", "defineCustomField"];
 
 /// The schema with nothing attached: add `.data(store)` before `.finish()` to serve it.
 pub fn schema() -> SchemaBuilder<Query, Mutation, Subscription> {
@@ -47,4 +54,30 @@ fn scope<'a>(ctx: &Context<'a>) -> async_graphql::Result<(&'a Store, TenantId)> 
 /// Who the request acts as, for the history of what it changes.
 fn actor(ctx: &Context<'_>) -> Actor {
     ctx.data_opt::<Actor>().cloned().unwrap_or_default()
+}
+
+/// The person the request acts for when it comes with an end-user token: it then sees and
+/// changes only their own profile (the `self` scope).
+fn person<'a>(ctx: &Context<'a>) -> Option<&'a Person> {
+    ctx.data_opt::<Arc<Person>>().map(|person| &**person)
+}
+
+/// The profile `key` names, with `parts`, if the caller may see it: any of its tenant's with an
+/// API key; with a token, only the person's own (what `key` names otherwise is not found, so
+/// that a person learns nothing of other profiles).
+async fn find_visible(
+    ctx: &Context<'_>,
+    store: &Store,
+    tenant: TenantId,
+    key: &ProfileKey,
+    parts: Parts,
+) -> crate::error::Result<Option<ProfileView>> {
+    let Some(person) = person(ctx) else {
+        return store.find(tenant, key, parts).await;
+    };
+    let own = ProfileKey::ExternalId(person.subject.clone());
+    // With its standard fields, so that `key` can be checked against its externalId too.
+    let parts = Parts { fields: true, ..parts };
+    let found = store.find(tenant, &own, parts).await?;
+    Ok(found.filter(|view| key.names(&view.profile)))
 }

@@ -3,10 +3,10 @@ use async_graphql::{Context, ID, Object, Result, ResultExt};
 use super::types::{
     CustomFieldDefinition, CustomFieldInput, DeletedProfile, Profile, ProfileRef, ProfileStatus, UpdateProfilePayload,
 };
-use super::{actor, scope};
+use super::{actor, person, scope};
 use crate::dialects::{CreateProfileInput, ProfileUpdate};
 use crate::domain::{ChangeSet, NewCustomField, ProfileKey};
-use crate::error::Fault;
+use crate::error::{Code, Fault};
 use crate::store::Update;
 
 pub struct Mutation;
@@ -15,13 +15,29 @@ pub struct Mutation;
 #[Object]
 impl Mutation {
     /// Creates a profile in the caller's tenant at version 1, status ACTIVE, with the next
-    /// serial number. externalId must be unique in the tenant (DUPLICATE_EXTERNAL_ID).
+    /// serial number. externalId must be unique in the tenant (DUPLICATE_EXTERNAL_ID). With an
+    /// end-user token, a person creates their own profile: externalId is the token's `sub`
+    /// (omitted, it is taken from there; any other is FORBIDDEN).
     async fn create_profile(
         &self,
         ctx: &Context<'_>,
-        #[graphql(desc = "The new profile's fields; all optional.")] input: CreateProfileInput,
+        #[graphql(desc = "The new profile's fields; all optional.")] mut input: CreateProfileInput,
     ) -> Result<Profile> {
         let (store, tenant) = scope(ctx)?;
+        if let Some(person) = person(ctx) {
+            match &input.external_id {
+                None => input.external_id = Some(person.subject.clone()),
+                Some(id) if *id == person.subject => {}
+                Some(_) => {
+                    return Err(Fault::new(
+                        Code::Forbidden,
+                        "An end-user token creates only its own profile: externalId must be the token's subject.",
+                    )
+                    .at("input.externalId"))
+                    .extend();
+                }
+            }
+        }
         let change = ChangeSet::try_from(input).extend()?;
         Ok(Profile::from(
             store.create(tenant, &change, &actor(ctx)).await.extend()?,
@@ -31,7 +47,8 @@ impl Mutation {
     /// Updates a profile in one vendor's dialect, all or nothing. With `expectedVersion`, the
     /// update applies only to that version (VERSION_CONFLICT otherwise); with `dryRun`, it is
     /// checked and its result computed, and nothing is stored. An update that changes nothing
-    /// keeps the version and returns no changes.
+    /// keeps the version and returns no changes. With an end-user token, only the person's own
+    /// profile can be updated, and not its externalId (memberRefId): FORBIDDEN.
     async fn update_profile(
         &self,
         ctx: &Context<'_>,
@@ -49,6 +66,10 @@ impl Mutation {
         let operation = update.operation();
         let change = ChangeSet::try_from(update).extend()?;
         let key = existing(&r#ref).extend()?;
+        let person = person(ctx).map(|person| person.subject.as_str());
+        let mut shows = Profile::parts(ctx.look_ahead().field("profile"));
+        // A person's update checks the externalId, which is among the standard fields.
+        shows.fields |= person.is_some();
         let updated = store
             .update(
                 tenant,
@@ -58,7 +79,8 @@ impl Mutation {
                     operation,
                     expected_version,
                     dry_run,
-                    shows: Profile::parts(ctx.look_ahead().field("profile")),
+                    shows,
+                    person,
                 },
                 &actor(ctx),
             )

@@ -1,7 +1,9 @@
 use async_graphql::{Context, Object, Result, ResultExt};
 
 use super::types::{CustomFieldDefinition, Profile, ProfileConnection, ProfileFilter, ProfileRef};
-use super::{cursor, scope};
+use super::{cursor, find_visible, person, scope};
+use crate::domain::ProfileKey;
+use crate::error::{Code, Fault};
 use crate::store;
 
 /// Most profiles one page may hold.
@@ -12,7 +14,25 @@ pub struct Query;
 /// Reads, always within the caller's tenant.
 #[Object]
 impl Query {
-    /// The profile `ref` names in the caller's tenant, or null when there is none.
+    /// The profile of the person the request's end-user token names: the one of the token's
+    /// tenant whose externalId is the token's `sub`; null until they create it. Only for
+    /// tokens: an API key acts for no person (FORBIDDEN).
+    async fn me(&self, ctx: &Context<'_>) -> Result<Option<Profile>> {
+        let (store, tenant) = scope(ctx)?;
+        let Some(person) = person(ctx) else {
+            return Err(Fault::new(
+                Code::Forbidden,
+                "me is the profile of the person an end-user token names; an API key acts for no person.",
+            ))
+            .extend();
+        };
+        let key = ProfileKey::ExternalId(person.subject.clone());
+        let parts = Profile::parts(ctx.look_ahead());
+        Ok(store.find(tenant, &key, parts).await.extend()?.map(Profile::from))
+    }
+
+    /// The profile `ref` names in the caller's tenant, or null when there is none (with an
+    /// end-user token, any but the person's own is none).
     async fn profile(
         &self,
         ctx: &Context<'_>,
@@ -23,11 +43,15 @@ impl Query {
             return Ok(None);
         };
         let parts = Profile::parts(ctx.look_ahead());
-        Ok(store.find(tenant, &key, parts).await.extend()?.map(Profile::from))
+        Ok(find_visible(ctx, store, tenant, &key, parts)
+            .await
+            .extend()?
+            .map(Profile::from))
     }
 
     /// The caller's profiles, oldest first, `first` at a time (at most 100), after the cursor
-    /// `after`; `filter` narrows them and `totalCount` counts every match.
+    /// `after`; `filter` narrows them and `totalCount` counts every match. With an end-user
+    /// token, only the person's own profile is listed.
     async fn profiles(
         &self,
         ctx: &Context<'_>,
@@ -48,6 +72,7 @@ impl Query {
             status: filter.status.map(Into::into),
             tag: filter.tag.map(crate::domain::rules::nfc),
             group: filter.group,
+            external_id: person(ctx).map(|person| person.subject.clone()),
         };
         // Counting every match costs a query of its own: only when the client asks.
         let selection = ctx.look_ahead();

@@ -8,8 +8,8 @@ use futures::{Stream, StreamExt};
 use tokio::sync::OnceCell;
 use tokio::sync::broadcast::{self, error::RecvError};
 
-use super::scope;
 use super::types::{FieldChange, Profile, ProfileRef};
+use super::{find_visible, person, scope};
 use crate::domain::ProfileKey;
 use crate::error::{Code, Fault};
 use crate::feed::Notice;
@@ -113,7 +113,8 @@ async fn read(store: &Store, notice: Notice) -> Option<ProfileChangeEvent> {
 #[GraphQLSubscription]
 impl Subscription {
     /// Every committed change of the profile `ref` names, or of every profile of the caller's
-    /// tenant when `ref` is omitted, from any replica. A subscriber that falls too far behind
+    /// tenant when `ref` is omitted, from any replica. With an end-user token, only the person's
+    /// own profile can be watched, and omitting `ref` means it (NOT_FOUND before it exists). A subscriber that falls too far behind
     /// (its socket takes events more slowly than they come) gets an error with code
     /// SUBSCRIBER_TOO_SLOW, and its subscription ends.
     async fn profile_changed(
@@ -125,11 +126,15 @@ impl Subscription {
     ) -> Result<impl Stream<Item = Result<ProfileChangeEvent>> + use<>> {
         let (store, tenant) = scope(ctx)?;
         let events = ctx.data::<Events>()?.clone();
-        let only = match r#ref {
+        let key = match (r#ref, person(ctx)) {
+            (Some(r#ref), _) => Some(r#ref.key().ok_or_else(|| Fault::not_found("profile")).extend()?),
+            (None, Some(person)) => Some(ProfileKey::ExternalId(person.subject.clone())),
+            (None, None) => None,
+        };
+        let only = match key {
             None => None,
-            Some(r#ref) => {
-                let key = r#ref.key().ok_or_else(|| Fault::not_found("profile")).extend()?;
-                let view = store.find(tenant, &key, Parts::ROW).await.extend()?;
+            Some(key) => {
+                let view = find_visible(ctx, store, tenant, &key, Parts::NONE).await.extend()?;
                 Some(view.ok_or_else(|| Fault::not_found("profile")).extend()?.profile.id)
             }
         };

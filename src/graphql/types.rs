@@ -352,8 +352,13 @@ pub struct ProfileChangeRecord {
     pub operation: String,
     /// Every canonical field the change set, with its value before and after.
     pub changes: Vec<FieldChange>,
-    /// The id of the API key that made the change.
+    /// The id of the API key that made the change; null when a person made it with a token.
     pub actor: Option<ID>,
+    /// The issuer (`iss`) of the end-user token that made the change; null when a key made it.
+    pub actor_issuer: Option<String>,
+    /// The subject (`sub`) of the end-user token that made the change, which is the profile's
+    /// externalId; null when a key made it.
+    pub actor_subject: Option<String>,
     /// The id of the request that made the change, as its response and log name it.
     pub request_id: Option<String>,
     /// When the change was made (UTC).
@@ -367,6 +372,8 @@ impl From<ChangeRecord> for ProfileChangeRecord {
             operation: record.operation,
             changes: record.changes.into_iter().map(Into::into).collect(),
             actor: record.actor.map(|id| ID(id.to_string())),
+            actor_issuer: record.person.as_ref().map(|(issuer, _)| issuer.clone()),
+            actor_subject: record.person.map(|(_, subject)| subject),
             request_id: record.request_id,
             at: Timestamp(record.at),
         }

@@ -19,7 +19,6 @@ use axum::response::Response;
 use tower::{Layer, ServiceExt};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
-use crate::store::TenantId;
 use crate::tenant::Tenants;
 
 /// How long a browser may keep a preflight's answer.
@@ -101,14 +100,6 @@ pub fn cross_origin(headers: &HeaderMap) -> Option<&str> {
         .split_once("://")
         .is_some_and(|(_, authority)| Some(authority) == host);
     (!own).then_some(origin)
-}
-
-/// Whether `tenant` lets `headers`' origin call: always for a request that is not cross-origin.
-pub async fn allowed(tenants: &Tenants, tenant: TenantId, headers: &HeaderMap) -> crate::error::Result<bool> {
-    let Some(origin) = cross_origin(headers) else {
-        return Ok(true);
-    };
-    Ok(tenants.snapshot().await?.allows(tenant, origin))
 }
 
 #[cfg(test)]

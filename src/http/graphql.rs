@@ -32,13 +32,14 @@ use super::analysis::{
     Analysis, Refusal, analyze_operation, check_variables, fragment_chain, has_one_operation, select, too_complex,
     variables_surely_valid, vouches,
 };
+use super::credentials::{self, Presented};
 use super::trusted::{self, TrustedDocuments};
 use super::{AppState, RequestId, scan};
-use crate::auth::{Principal, Scope};
+use crate::auth::{Caller, Scope};
 use crate::error::Code;
 use crate::graphql::ResponseBudget;
 use crate::idempotency::{self, Claim, StoredResponse};
-use crate::store::{Actor, TenantId};
+use crate::store::TenantId;
 
 /// The media types a GraphQL response can be written in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,18 +104,8 @@ fn is_json(headers: &HeaderMap) -> bool {
         })
 }
 
-/// The key a request presents: `X-API-Key: KEY` or `Authorization: Bearer KEY`.
-pub(super) fn presented_key(headers: &HeaderMap) -> Option<&str> {
-    if let Some(key) = headers.get("x-api-key") {
-        return key.to_str().ok().map(str::trim);
-    }
-    let authorization = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, key) = authorization.trim().split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| key.trim())
-}
-
 /// A response that refuses the whole request.
-struct Refuse {
+pub(super) struct Refuse {
     status: StatusCode,
     code: &'static str,
     message: String,
@@ -123,7 +114,7 @@ struct Refuse {
 }
 
 impl Refuse {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    pub(super) fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
         Refuse {
             status,
             code,
@@ -133,11 +124,19 @@ impl Refuse {
     }
 
     /// 429 RATE_LIMITED: try again after `wait`.
-    fn rate_limited(wait: std::time::Duration, message: &str) -> Self {
+    pub(super) fn rate_limited(wait: std::time::Duration, message: &str) -> Self {
         Refuse {
             retry_after: Some(super::rate::retry_after(wait)),
             ..Refuse::new(StatusCode::TOO_MANY_REQUESTS, "RATE_LIMITED", message)
         }
+    }
+
+    pub(super) fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    pub(super) fn message(&self) -> &str {
+        &self.message
     }
 
     fn into_response(self, media: Media, request_id: RequestId) -> Response {
@@ -316,7 +315,7 @@ pub async fn post(
     };
     let result = async {
         let _in_flight = admit(&state)?;
-        let principal = authenticate(&state, &headers, peer).await?;
+        let caller = authenticate(&state, &headers, peer).await?;
         if !is_json(&headers) {
             return Err(Refuse::new(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -332,15 +331,17 @@ pub async fn post(
         // Only a mutation that this caller may run claims its key: a query is safe to repeat
         // (and its stored answer could be large), and a caller whose scope is too small gets
         // FORBIDDEN, as without the header, rather than another caller's stored response.
-        let key = key.filter(|_| !batch && requests.first().is_some_and(|r| may_mutate(&state, principal, r)));
-        let respond = run(&state, principal, requests, batch, Method::Post, media, request_id);
+        let key = key
+            .filter(|_| !batch && requests.first().is_some_and(|r| may_mutate(&state, &caller, r)))
+            .map(|key| idempotency::scoped(caller.person().map(|person| person.subject.as_str()), key));
+        let respond = run(&state, &caller, requests, batch, Method::Post, media, request_id);
         Ok::<_, Refuse>(match key {
             // Boxed: its database round trips' futures would make every request's larger
             // (axum moves each request's future into a box, and that copies all of it).
             Some(key) => {
                 Box::pin(idempotent(
                     &state,
-                    principal.tenant,
+                    caller.tenant(),
                     &key,
                     &body,
                     respond,
@@ -416,9 +417,9 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Refuse> {
     }
 }
 
-/// Whether `request` is a mutation that `principal`'s scope allows (`false` when its
-/// document does not parse or select one operation: [`run`] answers that).
-fn may_mutate(state: &AppState, principal: Principal, request: &Request) -> bool {
+/// Whether `request` is a mutation that `caller` may run (`false` when its document does not
+/// parse or select one operation: [`run`] answers that).
+fn may_mutate(state: &AppState, caller: &Caller, request: &Request) -> bool {
     let Ok(parsed) = state.documents.parsed(&request.query, state.limits.max_nesting) else {
         return false;
     };
@@ -427,8 +428,7 @@ fn may_mutate(state: &AppState, principal: Principal, request: &Request) -> bool
     };
     match &*parsed.analyze(state, operation) {
         Ok(analysis) => {
-            analysis.kind == OperationType::Mutation
-                && principal.scope >= required_scope(analysis.kind, &analysis.root_fields)
+            analysis.kind == OperationType::Mutation && permits(caller, analysis.kind, &analysis.root_fields).is_ok()
         }
         Err(_) => false,
     }
@@ -570,9 +570,9 @@ pub async fn get(
     };
     let result = async {
         let _in_flight = admit(&state)?;
-        let principal = authenticate(&state, &headers, peer).await?;
+        let caller = authenticate(&state, &headers, peer).await?;
         let request = parse_query_string(query.unwrap_or_default(), state.trusted.as_deref())?;
-        Ok::<_, Refuse>(run(&state, principal, vec![request], false, Method::Get, media, request_id).await)
+        Ok::<_, Refuse>(run(&state, &caller, vec![request], false, Method::Get, media, request_id).await)
     };
     within_time(&state, Box::pin(result), media, request_id).await
 }
@@ -586,56 +586,15 @@ fn not_acceptable(request_id: RequestId) -> Response {
     .into_response(Media::Json, request_id)
 }
 
-/// Who the request acts as. An address past its rate of failed credentials is refused before
-/// its key is looked up; a key past its rate after ([`super::rate`]).
-async fn authenticate(state: &AppState, headers: &HeaderMap, peer: Option<IpAddr>) -> Result<Principal, Refuse> {
-    if let Some(wait) = peer.and_then(|peer| state.limiter.blocked(peer)) {
-        return Err(Refuse::rate_limited(
-            wait,
-            "Too many requests with failing credentials came from this address; wait and send a valid key.",
-        ));
-    }
-    let failed = |message: &str| {
-        if let Some(peer) = peer {
-            state.limiter.failed(peer);
-        }
-        Refuse::new(StatusCode::UNAUTHORIZED, Code::Unauthenticated.as_str(), message)
-    };
-    let Some(key) = presented_key(headers) else {
-        return Err(failed(
-            "Send an API key in the X-API-Key header or as Authorization: Bearer <key>.",
-        ));
-    };
-    let principal = match state.keys.authenticate(key).await {
-        Ok(Some(principal)) => principal,
-        Ok(None) => return Err(failed("The API key is unknown or revoked.")),
-        Err(err) => return Err(server_fault(&err)),
-    };
-    if let Err(wait) = state.limiter.take(principal.key_id) {
-        return Err(Refuse::rate_limited(
-            wait,
-            "This API key sent more requests than its rate allows; wait and retry.",
-        ));
-    }
-    match super::cors::allowed(&state.tenants, principal.tenant, headers).await {
-        Ok(true) => Ok(principal),
-        Ok(false) => Err(origin_not_allowed()),
-        Err(err) => Err(server_fault(&err)),
-    }
-}
-
-/// The refusal of a browser request from an origin the caller's tenant does not allow.
-fn origin_not_allowed() -> Refuse {
-    Refuse::new(
-        StatusCode::FORBIDDEN,
-        "ORIGIN_NOT_ALLOWED",
-        "This tenant does not allow calls from this page's origin (profile-gateway tenant set --allow-origin).",
-    )
+/// Who the request acts as ([`super::credentials`]).
+async fn authenticate(state: &AppState, headers: &HeaderMap, peer: Option<IpAddr>) -> Result<Caller, Refuse> {
+    let presented = Presented::in_headers(headers);
+    credentials::authenticate(state, presented, peer, super::cors::cross_origin(headers)).await
 }
 
 /// The refusal for a failure on our side: UNAVAILABLE (503) while the database is out of
 /// reach, INTERNAL (500) otherwise. Logged here; the client learns nothing more.
-fn server_fault(err: &crate::error::Error) -> Refuse {
+pub(super) fn server_fault(err: &crate::error::Error) -> Refuse {
     match err {
         crate::error::Error::Unavailable(source) => {
             tracing::warn!(error = %source, "database unavailable");
@@ -809,18 +768,40 @@ fn parse_query_string(query: &str, trusted: Option<&TrustedDocuments>) -> Result
     Ok(request)
 }
 
-/// The scope an operation needs: queries read, mutations write, `defineCustomField` admin.
-fn required_scope(kind: OperationType, root_fields: &[String]) -> Scope {
-    match kind {
-        OperationType::Mutation
-            if root_fields
-                .iter()
-                .any(|f| crate::graphql::ADMIN_FIELDS.contains(&f.as_str())) =>
-        {
-            Scope::Admin
+/// Whether `caller` may run an operation of `kind` with `root_fields`: an API key by its scope
+/// (queries read, subscriptions and mutations write, `defineCustomField` admin), a person any
+/// but the mutations [`crate::graphql::NOT_FOR_PERSONS`] names; why not, when it may not.
+fn permits(caller: &Caller, kind: OperationType, root_fields: &[String]) -> Result<(), String> {
+    match caller {
+        Caller::Key(principal) => {
+            let needed = match kind {
+                OperationType::Mutation
+                    if root_fields
+                        .iter()
+                        .any(|f| crate::graphql::ADMIN_FIELDS.contains(&f.as_str())) =>
+                {
+                    Scope::Admin
+                }
+                OperationType::Mutation | OperationType::Subscription => Scope::Write,
+                OperationType::Query => Scope::Read,
+            };
+            match principal.scope >= needed {
+                true => Ok(()),
+                false => Err(format!(
+                    "This operation needs an API key with the {needed} scope; this key has {}.",
+                    principal.scope
+                )),
+            }
         }
-        OperationType::Mutation | OperationType::Subscription => Scope::Write,
-        OperationType::Query => Scope::Read,
+        Caller::Person(_) => match root_fields
+            .iter()
+            .find(|f| kind == OperationType::Mutation && crate::graphql::NOT_FOR_PERSONS.contains(&f.as_str()))
+        {
+            None => Ok(()),
+            Some(field) => Err(format!(
+                "An end-user token may not run {field}; it takes an API key of the tenant."
+            )),
+        },
     }
 }
 
@@ -833,7 +814,7 @@ enum Prepared {
 /// Checks every request of the body, then executes what may run.
 async fn run(
     state: &AppState,
-    principal: Principal,
+    caller: &Caller,
     requests: Vec<Request>,
     batch: bool,
     method: Method,
@@ -870,6 +851,13 @@ async fn run(
                 "The GraphQL document is too large.",
             )
             .into_response(media, request_id);
+        }
+        if caller.person().is_some()
+            && let Some(trusted) = &state.trusted
+            && !trusted.holds(&request.query)
+        {
+            return Refuse::new(StatusCode::BAD_REQUEST, "DOCUMENT_NOT_TRUSTED", trusted::NOT_TRUSTED)
+                .into_response(media, request_id);
         }
         let parsed = match state.documents.parse(&mut request, limits.max_nesting) {
             Ok(parsed) => parsed,
@@ -945,16 +933,8 @@ async fn run(
                 .into_response(media, request_id);
             }
         }
-        let needed = required_scope(analysis.kind, &analysis.root_fields);
-        if principal.scope < needed {
-            prepared.push(request_error(
-                StatusCode::FORBIDDEN,
-                Code::Forbidden.as_str(),
-                format!(
-                    "This operation needs an API key with the {needed} scope; this key has {}.",
-                    principal.scope
-                ),
-            ));
+        if let Err(message) = permits(caller, analysis.kind, &analysis.root_fields) {
+            prepared.push(request_error(StatusCode::FORBIDDEN, Code::Forbidden.as_str(), message));
             continue;
         }
         let validation = if parsed.validated() && variables_surely_valid(&state.index, operation, variables) {
@@ -980,7 +960,7 @@ async fn run(
                         budget: budget.clone(),
                         room,
                     };
-                    execute(state, principal, *request, validation, media, request_id, spend).await
+                    execute(state, caller, *request, validation, media, request_id, spend).await
                 }
             };
             room = room.saturating_sub(answer.0.len());
@@ -1025,19 +1005,19 @@ struct Spend {
 /// response past what `spend` allows is cut off and answered with RESPONSE_TOO_LARGE.
 async fn execute(
     state: &AppState,
-    principal: Principal,
+    caller: &Caller,
     request: Request,
     validation: Validation,
     media: Media,
     request_id: RequestId,
     spend: Spend,
 ) -> (String, StatusCode) {
-    let actor = Actor {
-        api_key_id: Some(principal.key_id),
-        request_id: Some(request_id.to_string()),
-    };
+    let actor = caller.actor(request_id.to_string());
     let Spend { budget, room } = spend;
-    let mut request = request.data(principal).data(principal.tenant).data(actor);
+    let mut request = request.data(caller.tenant()).data(actor);
+    if let Some(person) = caller.person() {
+        request = request.data(person.clone());
+    }
     if let Some(budget) = &budget {
         request = request.data(budget.clone());
     }
@@ -1114,6 +1094,7 @@ async fn execute(
 mod tests {
     use super::super::Limits;
     use super::*;
+    use crate::auth::{Person, Principal};
 
     #[test]
     fn a_document_is_parsed_once_and_then_served_from_the_cache() {
@@ -1255,29 +1236,35 @@ mod tests {
     }
 
     #[test]
-    fn a_key_is_read_from_x_api_key_or_a_bearer_token() {
-        let mut headers = HeaderMap::new();
-        headers.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer pgw_k"));
-        assert_eq!(presented_key(&headers), Some("pgw_k"));
-        headers.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic abc"));
-        assert_eq!(presented_key(&headers), None);
-        headers.insert("x-api-key", HeaderValue::from_static("pgw_x"));
-        assert_eq!(presented_key(&headers), Some("pgw_x"));
-    }
-
-    #[test]
-    fn the_scope_follows_the_operation_and_its_root_fields() {
-        assert_eq!(required_scope(OperationType::Query, &["profiles".into()]), Scope::Read);
-        assert_eq!(
-            required_scope(OperationType::Mutation, &["updateProfile".into()]),
-            Scope::Write
-        );
-        assert_eq!(
-            required_scope(
-                OperationType::Mutation,
-                &["createProfile".into(), "defineCustomField".into()]
-            ),
-            Scope::Admin
-        );
+    fn a_key_may_run_what_its_scope_allows_and_a_person_all_but_the_tenants_own_mutations() {
+        let key = |scope| {
+            Caller::Key(Principal {
+                key_id: uuid::Uuid::nil(),
+                tenant: TenantId(uuid::Uuid::nil()),
+                scope,
+            })
+        };
+        let person = Caller::Person(Arc::new(Person {
+            tenant: TenantId(uuid::Uuid::nil()),
+            issuer: "https://id.example".into(),
+            subject: "ana".into(),
+            expires_at: 0,
+        }));
+        let fields = |names: &[&str]| names.iter().map(|&name| name.to_owned()).collect::<Vec<_>>();
+        let (query, mutation) = (OperationType::Query, OperationType::Mutation);
+        assert!(permits(&key(Scope::Read), query, &fields(&["profiles"])).is_ok());
+        assert!(permits(&key(Scope::Read), mutation, &fields(&["updateProfile"])).is_err());
+        assert!(permits(&key(Scope::Write), mutation, &fields(&["updateProfile"])).is_ok());
+        let both = fields(&["createProfile", "defineCustomField"]);
+        assert!(permits(&key(Scope::Write), mutation, &both).is_err());
+        assert!(permits(&key(Scope::Admin), mutation, &both).is_ok());
+        for allowed in ["createProfile", "updateProfile"] {
+            assert!(permits(&person, mutation, &fields(&[allowed])).is_ok(), "{allowed}");
+        }
+        for refused in ["setProfileStatus", "deleteProfile", "defineCustomField"] {
+            let message = permits(&person, mutation, &fields(&["updateProfile", refused])).unwrap_err();
+            assert!(message.contains(refused), "{message}");
+        }
+        assert!(permits(&person, query, &fields(&["me", "profiles"])).is_ok());
     }
 }

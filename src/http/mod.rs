@@ -2,6 +2,7 @@
 
 mod analysis;
 mod cors;
+mod credentials;
 mod graphql;
 pub mod limits;
 pub mod rate;
@@ -164,6 +165,8 @@ pub(crate) struct AppState {
     limiter: Arc<rate::Limiter>,
     /// What each tenant allows browsers, read at most once per key cache time.
     tenants: Tenants,
+    /// Checks end users' tokens, keeping their issuers' keys.
+    verifier: crate::jwt::Verifier,
     /// How long a valid key is remembered: how often an open socket asks whether its key was
     /// revoked.
     api_key_cache: std::time::Duration,
@@ -210,6 +213,7 @@ pub fn router(store: Store, config: EdgeConfig) -> crate::error::Result<Router> 
         store: store.clone(),
         keys: Keys::cached(store.clone(), config.api_key_cache),
         tenants: tenants.clone(),
+        verifier: crate::jwt::Verifier::new().map_err(|err| crate::error::Error::Internal(Box::new(err)))?,
         trusted: config.trusted_documents,
         limiter: limiter.clone(),
         api_key_cache: config.api_key_cache,

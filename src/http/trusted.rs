@@ -5,9 +5,16 @@
 //! persisted documents proposal) or Apollo's `extensions.persistedQuery.sha256Hash`, by POST
 //! or GET. An id the manifest does not hold is refused with PERSISTED_QUERY_NOT_FOUND. A named
 //! document then goes through every limit of the edge, as a sent one does.
+//!
+//! With a manifest loaded, a person (an end-user token) may run only its documents, named or
+//! sent as their exact text: anything else is refused with DOCUMENT_NOT_TRUSTED. API keys may
+//! still send any document (they belong to the tenant's own services and tools).
 
 use std::collections::HashMap;
 use std::path::Path;
+
+/// Why a person's document that the manifest does not hold is refused.
+pub const NOT_TRUSTED: &str = "End-user tokens may run only the documents this gateway was given (--trusted-documents); send one by its documentId.";
 
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -58,6 +65,7 @@ impl TrustedDocuments {
     }
 
     /// Whether `document` is one of the manifest's, word for word.
+    /// Whether the manifest holds `document`, exactly as its text reads.
     pub fn holds(&self, document: &str) -> bool {
         self.by_hash.contains_key(&sha256_hex(document))
     }

@@ -10,10 +10,11 @@
 //! | no `connection_init` within `--connection-init-timeout-secs` | close 4408 |
 //! | a message that is not JSON of the protocol, or binary | close 4400 |
 //! | `subscribe` before the server's `connection_ack` | close 4401 |
-//! | `connection_init` refused (no key, unknown or revoked key) | close 4403 |
+//! | `connection_init` refused (no key or token, unknown or revoked key, bad token, another origin) | close 4403 |
 //! | the key is revoked while the socket is open (checked every `--api-key-cache-secs`) | close 4403 |
+//! | the token expires while the socket is open (checked as often) | close 4403 |
 //! | `subscribe` with the id of a running subscription | close 4409 |
-//! | a second `connection_init`, or one from an address past its rate of failing credentials | close 4429 |
+//! | a second `connection_init`, or one past a rate (failing credentials, the caller's own) | close 4429 |
 //! | `subscribe` past `--max-subscriptions-per-socket` | `error` for that id, TOO_MANY_SUBSCRIPTIONS |
 //! | an operation refused before it runs (limits, validation, not a subscription) | `error` for that id |
 //! | the server shuts down | close 1001 |
@@ -37,21 +38,19 @@ use futures::{SinkExt, StreamExt};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
-use uuid::Uuid;
 
 use super::analysis::{Refusal, analyze, select};
-use super::graphql::{Unparsed, parse_bounded, presented_key, with_code};
-use super::{AppState, Limits, SchemaIndex, cors, scan};
-use crate::auth::Keys;
-use crate::graphql::AppSchema;
-use crate::tenant::Tenants;
+use super::credentials::{self, Presented};
+use super::graphql::{Refuse, Unparsed, parse_bounded, with_code};
+use super::{AppState, cors, scan, trusted};
+use crate::auth::Caller;
 
 /// The one subprotocol spoken; a client that offers no other is closed with 4406.
 const PROTOCOL: &str = "graphql-transport-ws";
 
-/// Upgrades to a socket that serves subscriptions. The key comes in the `connection_init`
-/// payload (`{"X-API-Key": KEY}`, `{"apiKey": KEY}` or `{"Authorization": "Bearer KEY"}`), or
-/// as a header of the upgrade request.
+/// Upgrades to a socket that serves subscriptions. The key or token comes in the
+/// `connection_init` payload (`{"X-API-Key": KEY}`, `{"apiKey": KEY}` or `{"Authorization":
+/// "Bearer KEY-OR-TOKEN"}`), or as a header of the upgrade request.
 pub(super) async fn subscribe(state: Arc<AppState>, mut parts: axum::http::request::Parts) -> Response {
     let upgrade = match WebSocketUpgrade::from_request_parts(&mut parts, &state).await {
         Ok(upgrade) => upgrade,
@@ -76,17 +75,12 @@ pub(super) async fn subscribe(state: Arc<AppState>, mut parts: axum::http::reque
         }
     }
     let connection = Connection {
-        schema: state.schema.clone(),
-        index: state.index.clone(),
-        limits: state.limits.clone(),
-        keys: state.keys.clone(),
-        header_key: presented_key(&parts.headers).map(str::to_owned),
-        tenants: state.tenants.clone(),
+        // tokio's interval refuses a zero period.
+        recheck: state.api_key_cache.max(Duration::from_millis(100)),
+        state: state.clone(),
+        headers: std::mem::take(&mut parts.headers),
         origin,
         peer: super::Peer::address(&parts.extensions),
-        limiter: state.limiter.clone(),
-        // tokio's interval refuses a zero period.
-        recheck_key: state.api_key_cache.max(Duration::from_millis(100)),
     };
     let lifecycle = state.lifecycle.clone();
     upgrade.on_upgrade(move |socket| {
@@ -109,20 +103,17 @@ async fn close(mut socket: WebSocket, code: u16, reason: &str) {
     let _ = socket.send(Message::Close(Some(frame))).await;
 }
 
-/// What a socket needs of the server.
+/// What a socket needs of the server and of its upgrade request.
 struct Connection {
-    schema: AppSchema,
-    index: Arc<SchemaIndex>,
-    limits: Arc<Limits>,
-    keys: Keys,
-    header_key: Option<String>,
-    tenants: Tenants,
+    state: Arc<AppState>,
+    /// The upgrade request's headers, which may carry the key or token.
+    headers: axum::http::HeaderMap,
     /// The page's origin, when it is another than the gateway's.
     origin: Option<String>,
     /// The client's address, whose failed credentials are counted.
     peer: Option<std::net::IpAddr>,
-    limiter: Arc<super::rate::Limiter>,
-    recheck_key: Duration,
+    /// How often the caller is checked again: its key's revocation, its token's expiry.
+    recheck: Duration,
 }
 
 /// A message from the client.
@@ -179,10 +170,10 @@ struct SocketState {
     started: u64,
 }
 
-/// A socket's state once the key in `connection_init` was accepted.
+/// A socket's state once the key or token in `connection_init` was accepted.
 struct Session {
     data: Arc<async_graphql::Data>,
-    key_id: Uuid,
+    caller: Caller,
 }
 
 /// What to do after a message.
@@ -195,9 +186,9 @@ impl Connection {
     async fn serve(self, socket: WebSocket, closing: CancellationToken) {
         let (mut sink, mut incoming) = socket.split();
         let mut state = SocketState::default();
-        let init_deadline = tokio::time::sleep(self.limits.connection_init_timeout());
+        let init_deadline = tokio::time::sleep(self.state.limits.connection_init_timeout());
         tokio::pin!(init_deadline);
-        let mut recheck = tokio::time::interval_at(tokio::time::Instant::now() + self.recheck_key, self.recheck_key);
+        let mut recheck = tokio::time::interval_at(tokio::time::Instant::now() + self.recheck, self.recheck);
         recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let outcome: Next = loop {
             let mut out: Vec<String> = Vec::new();
@@ -207,7 +198,7 @@ impl Connection {
                     Next::Close(4408, "Connection initialisation timeout".to_owned())
                 }
                 _ = recheck.tick(), if state.session.is_some() => match &state.session {
-                    Some(session) => self.still_valid(session.key_id).await,
+                    Some(session) => self.still_valid(&session.caller).await,
                     None => Next::Go,
                 },
                 message = incoming.next() => match message {
@@ -245,9 +236,19 @@ impl Connection {
         let _ = sink.close().await;
     }
 
-    /// Closes with 4403 once the key is revoked (asked of the database, not the key cache).
-    async fn still_valid(&self, key_id: Uuid) -> Next {
-        match self.keys.revoked(key_id).await {
+    /// Closes with 4403 once the key is revoked (asked of the database, not the key cache) or
+    /// the token expired.
+    async fn still_valid(&self, caller: &Caller) -> Next {
+        let key_id = match caller {
+            Caller::Key(principal) => principal.key_id,
+            Caller::Person(person) => {
+                return match jsonwebtoken::get_current_timestamp() < person.expires_at {
+                    true => Next::Go,
+                    false => Next::Close(4403, "Forbidden: the token expired".to_owned()),
+                };
+            }
+        };
+        match self.state.keys.revoked(key_id).await {
             Ok(false) => Next::Go,
             Ok(true) => Next::Close(4403, "Forbidden: the API key was revoked".to_owned()),
             Err(err) => {
@@ -275,23 +276,18 @@ impl Connection {
                 if session.is_some() {
                     return Next::Close(4429, "Too many initialisation requests".to_owned());
                 }
-                if self.peer.and_then(|peer| self.limiter.blocked(peer)).is_some() {
-                    return Next::Close(
-                        4429,
-                        "Too many failing credentials came from this address; retry later".to_owned(),
-                    );
-                }
-                match self.authenticate(payload.unwrap_or_default()).await {
+                match self.authenticate(&payload.unwrap_or_default()).await {
                     Ok(new) => {
                         *session = Some(new);
                         out.extend(to_text(&ServerMessage::ConnectionAck));
                         Next::Go
                     }
-                    Err(reason) => {
-                        if let Some(peer) = self.peer {
-                            self.limiter.failed(peer);
-                        }
-                        Next::Close(4403, reason)
+                    Err(refused) => {
+                        let code = match refused.status() {
+                            StatusCode::TOO_MANY_REQUESTS => 4429,
+                            _ => 4403,
+                        };
+                        Next::Close(code, format!("Forbidden: {}", refused.message()))
                     }
                 }
             }
@@ -313,7 +309,7 @@ impl Connection {
                 if running.contains_key(&id) {
                     return Next::Close(4409, format!("Subscriber for {} already exists", shortened(&id)));
                 }
-                let refused = if running.len() >= self.limits.max_subscriptions_per_socket {
+                let refused = if running.len() >= self.state.limits.max_subscriptions_per_socket {
                     Some(refusal(
                         "TOO_MANY_SUBSCRIPTIONS",
                         "This socket runs as many subscriptions as it may; complete one or open another socket.",
@@ -337,7 +333,7 @@ impl Connection {
                 let ended = (id.clone(), number, None);
                 let tag = id.clone();
                 let stream = self
-                    .execute(*payload, session.data.clone())
+                    .execute(*payload, session)
                     .take_until(stop.clone().cancelled_owned())
                     .map(move |response| (tag.clone(), number, Some(response)))
                     .chain(futures::stream::once(async move { ended }))
@@ -349,54 +345,40 @@ impl Connection {
         }
     }
 
-    /// The session `connection_init`'s key opens, or why there is none.
-    async fn authenticate(&self, payload: Value) -> Result<Session, String> {
-        let Some(key) = key_in(&payload).or_else(|| self.header_key.clone()) else {
-            return Err("Forbidden: send an API key in the connection_init payload: {\"X-API-Key\": KEY}".to_owned());
-        };
-        match self.keys.authenticate(&key).await {
-            Ok(Some(principal)) => {
-                if let Some(origin) = &self.origin {
-                    match self.tenants.snapshot().await {
-                        Ok(snapshot) if snapshot.allows(principal.tenant, origin) => {}
-                        Ok(_) => return Err("Forbidden: this tenant does not allow this page's origin".to_owned()),
-                        Err(err) => {
-                            tracing::error!(error = %err, "could not read the tenant's origins");
-                            return Err("Forbidden: the origin could not be checked; try again later".to_owned());
-                        }
-                    }
-                }
-                let mut data = async_graphql::Data::default();
-                data.insert(principal);
-                data.insert(principal.tenant);
-                Ok(Session {
-                    data: Arc::new(data),
-                    key_id: principal.key_id,
-                })
-            }
-            Ok(None) => Err("Forbidden: the API key is unknown or revoked".to_owned()),
-            Err(err) => {
-                tracing::error!(error = %err, "authentication failed");
-                Err("Forbidden: the key could not be checked; try again later".to_owned())
-            }
+    /// The session `connection_init`'s key or token opens, or why there is none: checked as
+    /// HTTP checks a request's ([`credentials`]).
+    async fn authenticate(&self, payload: &Value) -> Result<Session, Refuse> {
+        let presented = presented_in(payload).or_else(|| Presented::in_headers(&self.headers));
+        let caller = credentials::authenticate(&self.state, presented, self.peer, self.origin.as_deref()).await?;
+        let mut data = async_graphql::Data::default();
+        data.insert(caller.tenant());
+        if let Some(person) = caller.person() {
+            data.insert(person.clone());
         }
+        Ok(Session {
+            data: Arc::new(data),
+            caller,
+        })
     }
 
     /// Runs a subscription after the same limits as HTTP: queries and mutations over the
     /// socket would skip the HTTP edge's checks, so they are sent to HTTP.
-    fn execute(
-        &self,
-        mut request: Request,
-        data: Arc<async_graphql::Data>,
-    ) -> BoxStream<'static, async_graphql::Response> {
+    fn execute(&self, mut request: Request, session: &Session) -> BoxStream<'static, async_graphql::Response> {
+        let limits = &self.state.limits;
         let refuse = |code: &str, message: &str| {
             let response = async_graphql::Response::from_errors(vec![refusal(code, message)]);
             futures::stream::once(async move { response }).boxed()
         };
-        if request.query.len() > self.limits.max_document_bytes {
+        if request.query.len() > limits.max_document_bytes {
             return refuse("DOCUMENT_TOO_LARGE", "The GraphQL document is too large.");
         }
-        let document = match parse_bounded(&request.query, self.limits.max_nesting) {
+        if session.caller.person().is_some()
+            && let Some(trusted) = &self.state.trusted
+            && !trusted.holds(&request.query)
+        {
+            return refuse("DOCUMENT_NOT_TRUSTED", trusted::NOT_TRUSTED);
+        }
+        let document = match parse_bounded(&request.query, limits.max_nesting) {
             Ok(document) => document,
             Err(Unparsed::Flaw(flaw)) => {
                 let (code, message) = flaw.refusal();
@@ -411,14 +393,14 @@ impl Connection {
                     "Only subscriptions run over the WebSocket; send queries and mutations as HTTP POST requests.",
                 );
             }
-            match analyze(&self.index, &self.limits, &document, operation, &request.variables) {
+            match analyze(&self.state.index, limits, &document, operation, &request.variables) {
                 Ok(_) => {}
                 Err(Refusal::Limit { code, message }) => return refuse(code, message),
                 Err(Refusal::Invalid(message)) => return refuse("GRAPHQL_VALIDATION_FAILED", &message),
             }
         }
         request.set_parsed_query(document);
-        async_graphql::Executor::execute_stream(&self.schema, request, Some(data))
+        async_graphql::Executor::execute_stream(&self.state.schema, request, Some(session.data.clone()))
     }
 }
 
@@ -479,19 +461,16 @@ fn shortened(reason: &str) -> &str {
     &reason[..end]
 }
 
-/// The API key in a `connection_init` payload, under any of the names clients use.
-fn key_in(payload: &Value) -> Option<String> {
+/// The key or token in a `connection_init` payload, under any of the names clients use.
+fn presented_in(payload: &Value) -> Option<Presented<'_>> {
     let object = payload.as_object()?;
     let headers = object.get("headers").and_then(Value::as_object);
     [Some(object), headers].into_iter().flatten().find_map(|fields| {
         fields.iter().find_map(|(name, value)| {
-            let value = value.as_str()?.trim();
+            let value = value.as_str()?;
             match name.to_ascii_lowercase().as_str() {
-                "x-api-key" | "apikey" | "api_key" => Some(value.to_owned()),
-                "authorization" => {
-                    let (scheme, key) = value.split_once(' ')?;
-                    scheme.eq_ignore_ascii_case("bearer").then(|| key.trim().to_owned())
-                }
+                "x-api-key" | "apikey" | "api_key" => Some(Presented::Key(value.trim())),
+                "authorization" => Presented::bearer(value),
                 _ => None,
             }
         })
@@ -505,15 +484,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_key_is_found_under_any_name_clients_use() {
+    fn a_key_or_token_is_found_under_any_name_clients_use() {
+        let key = "pgw_0123456789abcdef_s";
         for payload in [
-            json!({"X-API-Key": "k"}),
-            json!({"apiKey": "k"}),
-            json!({"headers": {"Authorization": "Bearer k"}}),
+            json!({"X-API-Key": key}),
+            json!({"apiKey": key}),
+            json!({"headers": {"Authorization": format!("Bearer {key}")}}),
         ] {
-            assert_eq!(key_in(&payload).as_deref(), Some("k"), "{payload}");
+            assert_eq!(presented_in(&payload), Some(Presented::Key(key)), "{payload}");
         }
-        assert_eq!(key_in(&json!({"Authorization": "Basic k"})), None);
+        let token = json!({"Authorization": "Bearer a.b.c"});
+        assert_eq!(presented_in(&token), Some(Presented::Token("a.b.c")));
+        assert_eq!(presented_in(&json!({"Authorization": "Basic k"})), None);
     }
 
     #[test]

@@ -360,6 +360,7 @@ mod tests {
             expected_version: None,
             dry_run: false,
             shows: Parts::ALL,
+            person: None,
         };
         store.update(tenant, key, &change, &update, &Actor::default()).await
     }
@@ -487,6 +488,10 @@ mod tests {
                 status: Some(ProfileStatus::Active),
                 ..ProfileFilter::default()
             },
+            ProfileFilter {
+                external_id: Some("ada-1815".into()),
+                ..ProfileFilter::default()
+            },
         ];
         for filter in &filters {
             for parts in Parts::every() {
@@ -516,6 +521,12 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(tagged.profiles.len(), 2);
+        let own = store
+            .list(tenant, 50, None, &filters[4], Parts::ALL, false)
+            .await
+            .unwrap();
+        assert_eq!(own.profiles.len(), 1);
+        assert_eq!(own.profiles[0].profile.external_id(), Some("ada-1815"));
         let other_tenant = store.ensure_tenant("other").await.unwrap();
         let none = store
             .list(other_tenant, 50, None, &filters[0], Parts::ALL, false)
@@ -644,6 +655,7 @@ mod tests {
             expected_version: None,
             dry_run: false,
             shows: Parts::ALL,
+            person: None,
         };
 
         // The profile row's write fails on the unique index, after the read and the plan.
