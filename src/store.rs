@@ -1824,13 +1824,23 @@ fn plan(before: Arc<ProfileView>, change: &ChangeSet, update: &Update<'_>) -> Re
         .with("currentVersion", profile.version)
         .into());
     }
-    let (mut after, changes) = change.apply(profile, custom_fields)?;
-    if update.person.is_some() && after.external_id() != profile.external_id() {
-        return Err(Fault::new(
+    // A person's profile is theirs by its externalId, so they may not write another one. The
+    // check after applying holds whatever the way the change set writes it.
+    let rekeyed = || {
+        Fault::new(
             Code::Forbidden,
             "An end-user token may not change its profile's externalId (memberRefId): it is the token's subject.",
         )
-        .into());
+    };
+    if let Some(person) = update.person
+        && let Some((written, path)) = change.external_id_write()
+        && written != Some(person)
+    {
+        return Err(rekeyed().at(path).into());
+    }
+    let (mut after, changes) = change.apply(profile, custom_fields)?;
+    if update.person.is_some() && after.external_id() != profile.external_id() {
+        return Err(rekeyed().into());
     }
     if !changes.is_empty() {
         after.version += 1;

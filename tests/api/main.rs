@@ -20,5 +20,6 @@ mod readme;
 mod replicas;
 mod sockets;
 mod subscriptions;
+mod tokens;
 mod trusted;
 mod written;

@@ -129,3 +129,47 @@ fn urlencode(text: &str) -> String {
         })
         .collect()
 }
+
+#[tokio::test]
+async fn a_person_may_run_only_the_manifests_documents_and_a_key_any() {
+    let (app, _dir) = app_with_manifest().await;
+    let issuer = Arc::new(crate::tokens::Issuer::default());
+    let jwks_url = issuer.serve().await;
+    crate::tokens::trust(&app, "default", crate::tokens::ISSUER, &jwks_url, vec![]).await;
+    let ana = crate::tokens::token("ana");
+    let code = |body: &Value| body["errors"][0]["extensions"]["code"].as_str().map(str::to_owned);
+
+    // By id, and as the exact text.
+    let by_id = json!({"documentId": id(CREATE), "variables": {"x": "ana"}});
+    let created: Value = crate::tokens::post(&app, &ana, &by_id).await.json().await.unwrap();
+    assert_eq!(created["data"]["createProfile"]["externalId"], "ana", "{created}");
+    let own = created["data"]["createProfile"]["id"].clone();
+    let as_text = json!({"query": READ, "variables": {"id": own}});
+    let read: Value = crate::tokens::post(&app, &ana, &as_text).await.json().await.unwrap();
+    assert_eq!(read["data"]["profile"]["externalId"], "ana", "{read}");
+
+    // Anything else, even the same operation written otherwise, is refused before it runs.
+    for document in ["{ me { id } }", &READ.replace("  ", " ").replace("{ id", "{id")] {
+        let response = crate::tokens::post(&app, &ana, &json!({"query": document, "variables": {"id": own}})).await;
+        assert_eq!(response.status(), 400, "{document}");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(code(&body).as_deref(), Some("DOCUMENT_NOT_TRUSTED"), "{document}");
+    }
+    // Over a socket too.
+    let payload = json!({"Authorization": format!("Bearer {ana}")});
+    let mut subscriber = crate::subscriptions::Subscriber::connect(&app.address, payload)
+        .await
+        .unwrap();
+    subscriber
+        .subscribe("1", crate::subscriptions::EVERY_CHANGE, json!({}))
+        .await;
+    let refused = subscriber.next().await;
+    assert_eq!(
+        refused["payload"][0]["extensions"]["code"], "DOCUMENT_NOT_TRUSTED",
+        "{refused}"
+    );
+
+    // An API key still sends any document.
+    let any = app.ok("{ me: profiles { totalCount } }", json!({})).await;
+    assert_eq!(any["me"]["totalCount"], 1);
+}
