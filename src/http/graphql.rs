@@ -135,6 +135,10 @@ impl Refuse {
         self.status
     }
 
+    pub(super) fn code(&self) -> &'static str {
+        self.code
+    }
+
     pub(super) fn message(&self) -> &str {
         &self.message
     }
@@ -676,39 +680,51 @@ fn parse_body(body: &[u8], trusted: Option<&TrustedDocuments>) -> Result<(Vec<Re
 
 /// [`parse_body`] through a JSON value, which tells what is wrong with a body.
 fn parse_value(body: &[u8], trusted: Option<&TrustedDocuments>) -> Result<(Vec<Request>, bool), Refuse> {
-    let bad = |message: String| Refuse::new(StatusCode::BAD_REQUEST, "BAD_REQUEST", message);
     let value: Value =
         serde_json::from_slice(body).map_err(|err| bad(format!("The body is not valid JSON: {err}.")))?;
-    let parse = |value: Value| {
-        let named = if value.get("query").is_some_and(Value::is_string) {
-            None
-        } else {
-            let hash = trusted::named_hash(value.get("documentId"), value.get("extensions")).map_err(bad)?;
-            let Some(hash) = hash else {
-                return Err(bad(
-                    "The request has no query: send {\"query\": \"...\"} with the document as a string.".to_owned(),
-                ));
-            };
-            Some(trusted_document(trusted, hash)?.to_owned())
-        };
-        let mut request = serde_json::from_value::<Request>(value).map_err(|err| {
-            bad(format!(
-                "The body is not a GraphQL request ({{\"query\": \"...\"}}): {err}."
-            ))
-        })?;
-        if let Some(document) = named {
-            request.query = document;
-        }
-        Ok(request)
-    };
     match value {
         Value::Array(items) if items.is_empty() => Err(bad("The batch is empty.".to_owned())),
-        Value::Array(items) => Ok((items.into_iter().map(parse).collect::<Result<_, _>>()?, true)),
-        Value::Object(_) => Ok((vec![parse(value)?], false)),
+        Value::Array(items) => Ok((
+            items
+                .into_iter()
+                .map(|item| request_of(item, trusted))
+                .collect::<Result<_, _>>()?,
+            true,
+        )),
+        Value::Object(_) => Ok((vec![request_of(value, trusted)?], false)),
         _ => Err(bad(
             "The body must be a JSON object such as {\"query\": \"{ __typename }\"}.".to_owned(),
         )),
     }
+}
+
+fn bad(message: String) -> Refuse {
+    Refuse::new(StatusCode::BAD_REQUEST, "BAD_REQUEST", message)
+}
+
+/// One GraphQL request of a body (or of a socket's `subscribe`): its document sent as `query`,
+/// or named by id from the trusted documents.
+pub(super) fn request_of(value: Value, trusted: Option<&TrustedDocuments>) -> Result<Request, Refuse> {
+    let named = if value.get("query").is_some_and(Value::is_string) {
+        None
+    } else {
+        let hash = trusted::named_hash(value.get("documentId"), value.get("extensions")).map_err(bad)?;
+        let Some(hash) = hash else {
+            return Err(bad(
+                "The request has no query: send {\"query\": \"...\"} with the document as a string.".to_owned(),
+            ));
+        };
+        Some(trusted_document(trusted, hash)?.to_owned())
+    };
+    let mut request = serde_json::from_value::<Request>(value).map_err(|err| {
+        bad(format!(
+            "The body is not a GraphQL request ({{\"query\": \"...\"}}): {err}."
+        ))
+    })?;
+    if let Some(document) = named {
+        request.query = document;
+    }
+    Ok(request)
 }
 
 /// The text of the trusted document `hash` names, or PERSISTED_QUERY_NOT_FOUND.

@@ -41,7 +41,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::analysis::{Refusal, analyze, select};
 use super::credentials::{self, Presented};
-use super::graphql::{Refuse, Unparsed, parse_bounded, with_code};
+use super::graphql::{Refuse, Unparsed, parse_bounded, request_of, with_code};
 use super::{AppState, cors, scan, trusted};
 use crate::auth::Caller;
 
@@ -128,7 +128,8 @@ enum ClientMessage {
     Pong {},
     Subscribe {
         id: String,
-        payload: Box<Request>,
+        /// A GraphQL request, its document sent or named by id.
+        payload: Value,
     },
     Complete {
         id: String,
@@ -309,31 +310,35 @@ impl Connection {
                 if running.contains_key(&id) {
                     return Next::Close(4409, format!("Subscriber for {} already exists", shortened(&id)));
                 }
-                let refused = if running.len() >= self.state.limits.max_subscriptions_per_socket {
-                    Some(refusal(
+                let request = if running.len() >= self.state.limits.max_subscriptions_per_socket {
+                    Err(refusal(
                         "TOO_MANY_SUBSCRIPTIONS",
                         "This socket runs as many subscriptions as it may; complete one or open another socket.",
                     ))
                 } else if let Err(flaw) = scan::json_numbers(text.as_bytes()) {
                     let (code, message) = flaw.refusal();
-                    Some(refusal(code, &message))
+                    Err(refusal(code, &message))
                 } else {
-                    None
+                    request_of(payload, self.state.trusted.as_deref())
+                        .map_err(|refused| refusal(refused.code(), refused.message()))
                 };
-                if let Some(error) = refused {
-                    out.extend(to_text(&ServerMessage::Error {
-                        id: &id,
-                        payload: &[error],
-                    }));
-                    return Next::Go;
-                }
+                let request = match request {
+                    Ok(request) => request,
+                    Err(error) => {
+                        out.extend(to_text(&ServerMessage::Error {
+                            id: &id,
+                            payload: &[error],
+                        }));
+                        return Next::Go;
+                    }
+                };
                 *started += 1;
                 let number = *started;
                 let stop = CancellationToken::new();
                 let ended = (id.clone(), number, None);
                 let tag = id.clone();
                 let stream = self
-                    .execute(*payload, session)
+                    .execute(request, session)
                     .take_until(stop.clone().cancelled_owned())
                     .map(move |response| (tag.clone(), number, Some(response)))
                     .chain(futures::stream::once(async move { ended }))

@@ -10,13 +10,14 @@ use crate::helpers::TestApp;
 
 const READ: &str = "query Profile($id: ID!) { profile(ref: {id: $id}) { id externalId } }";
 const CREATE: &str = "mutation Create($x: String) { createProfile(input: {externalId: $x}) { id externalId } }";
+const CHANGES: &str = "subscription Changes { profileChanged { profileId version } }";
 /// Asks for more than the complexity limit of the app below allows.
 const HEAVY: &str = "{ profiles(first: 100) { nodes { id externalId } } }";
 
-/// A server that loaded a manifest of [`READ`], [`CREATE`] and [`HEAVY`].
+/// A server that loaded a manifest of [`READ`], [`CREATE`], [`CHANGES`] and [`HEAVY`].
 async fn app_with_manifest() -> (TestApp, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    let manifest: serde_json::Map<String, Value> = [READ, CREATE, HEAVY]
+    let manifest: serde_json::Map<String, Value> = [READ, CREATE, CHANGES, HEAVY]
         .into_iter()
         .map(|document| (sha256_hex(document), json!(document)))
         .collect();
@@ -168,6 +169,26 @@ async fn a_person_may_run_only_the_manifests_documents_and_a_key_any() {
         refused["payload"][0]["extensions"]["code"], "DOCUMENT_NOT_TRUSTED",
         "{refused}"
     );
+    subscriber
+        .send(json!({"id": "2", "type": "subscribe", "payload": {"documentId": "sha256:0000"}}))
+        .await;
+    let unknown = subscriber.next().await;
+    assert_eq!(
+        unknown["payload"][0]["extensions"]["code"], "PERSISTED_QUERY_NOT_FOUND",
+        "{unknown}"
+    );
+    subscriber
+        .send(json!({"id": "3", "type": "subscribe", "payload": {"documentId": id(CHANGES)}}))
+        .await;
+    for attempt in 0..100 {
+        let update = json!({"ref": {"externalId": "ana"}, "update": {"scrip": {"attributes": {"n": attempt}}}});
+        app.graphql(crate::helpers::UPDATE, update).await;
+        if let Some(event) = subscriber.message(std::time::Duration::from_millis(100)).await {
+            assert_eq!(event["payload"]["data"]["profileChanged"]["profileId"], own, "{event}");
+            break;
+        }
+        assert!(attempt < 99, "the subscription by id never went live");
+    }
 
     // An API key still sends any document.
     let any = app.ok("{ me: profiles { totalCount } }", json!({})).await;
