@@ -5,6 +5,7 @@ mod helpers;
 mod auth;
 mod bad_input;
 mod browser;
+mod chromium;
 mod concurrency;
 mod custom_fields;
 mod dialects;
