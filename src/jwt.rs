@@ -11,9 +11,14 @@
 //! the keys kept before go on serving, stale or not; with none kept, the token is refused as
 //! [`Refusal::Unavailable`] (503). Any other fault is [`Refusal::Invalid`] (401), without
 //! saying which check failed.
+//!
+//! A token that passed is remembered for the tenants' cache time (`--api-key-cache-secs`, as
+//! API keys are), never past its `exp`: checking a signature costs several times a read's own
+//! work, and a frontend sends the same token with every request. A change of the tenant's
+//! token settings reaches remembered tokens as late as it reaches the settings themselves.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use jsonwebtoken::dangerous::insecure_decode;
@@ -55,27 +60,56 @@ struct Kept {
     tried_at: Instant,
 }
 
-/// Verifies tokens, keeping each issuer's keys.
+/// Most bytes of tokens remembered at once.
+const REMEMBERED_BYTES: u64 = 16 * 1024 * 1024;
+
+/// Verifies tokens, keeping each issuer's keys and the tokens that passed.
 #[derive(Debug)]
 pub struct Verifier {
     client: reqwest::Client,
     kept: Mutex<HashMap<String, Kept>>,
+    /// Tokens that passed, for the tenants' cache time (none when it is zero).
+    passed: Option<moka::sync::Cache<String, Arc<Person>>>,
 }
 
 impl Verifier {
-    pub fn new() -> Result<Self, reqwest::Error> {
+    /// A verifier that remembers a token that passed for `remember` (not at all when zero).
+    pub fn new(remember: Duration) -> Result<Self, reqwest::Error> {
         let client = reqwest::Client::builder()
             .timeout(FETCH_TIMEOUT)
             .redirect(reqwest::redirect::Policy::none())
             .build()?;
+        let passed = (!remember.is_zero()).then(|| {
+            moka::sync::Cache::builder()
+                .weigher(|token: &String, _| u32::try_from(token.len()).unwrap_or(u32::MAX))
+                .max_capacity(REMEMBERED_BYTES)
+                .time_to_live(remember)
+                .build()
+        });
         Ok(Verifier {
             client,
             kept: Mutex::default(),
+            passed,
         })
     }
 
     /// Whom `token` stands for, with the tenants' settings of `tenants`.
-    pub async fn verify(&self, token: &str, tenants: &Snapshot) -> Result<Person, Refusal> {
+    pub async fn verify(&self, token: &str, tenants: &Snapshot) -> Result<Arc<Person>, Refusal> {
+        if let Some(person) = self.passed.as_ref().and_then(|passed| passed.get(token)) {
+            return match expired(&person) {
+                false => Ok(person),
+                true => Err(Refusal::Invalid),
+            };
+        }
+        let person = Arc::new(self.check(token, tenants).await?);
+        if let Some(passed) = &self.passed {
+            passed.insert(token.to_owned(), person.clone());
+        }
+        Ok(person)
+    }
+
+    /// [`Verifier::verify`] without the tokens remembered.
+    async fn check(&self, token: &str, tenants: &Snapshot) -> Result<Person, Refusal> {
         let header = decode_header(token).map_err(|_| Refusal::Invalid)?;
         if !ALGORITHMS.contains(&header.alg) {
             return Err(Refusal::Invalid);
@@ -193,6 +227,11 @@ impl Verifier {
         let keys: JwkSet = serde_json::from_slice(&body).map_err(|err| format!("not a JWKS: {err}"))?;
         Ok((keys, keep_for))
     }
+}
+
+/// Whether the token that named `person` has expired, with the clock skew allowed.
+pub fn expired(person: &Person) -> bool {
+    jsonwebtoken::get_current_timestamp() >= person.expires_at.saturating_add(LEEWAY_SECS)
 }
 
 /// The key `kid` names, or the only key when there is no `kid`.

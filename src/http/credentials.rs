@@ -13,7 +13,6 @@
 //! 4. a page's origin against the caller's tenant's list (403 ORIGIN_NOT_ALLOWED).
 
 use std::net::IpAddr;
-use std::sync::Arc;
 
 use axum::http::{HeaderMap, StatusCode, header};
 
@@ -87,7 +86,7 @@ pub(super) async fn authenticate(
         Some(Presented::Token(token)) => {
             let tenants = state.tenants.snapshot().await.map_err(|err| server_fault(&err))?;
             match state.verifier.verify(token, &tenants).await {
-                Ok(person) => Caller::Person(Arc::new(person)),
+                Ok(person) => Caller::Person(person),
                 Err(jwt::Refusal::Invalid) => return Err(failed("The token is not valid here.")),
                 Err(jwt::Refusal::Unavailable) => {
                     return Err(Refuse::new(
@@ -120,7 +119,22 @@ pub(super) async fn authenticate(
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
+
+    proptest! {
+        /// Whatever a client sends as Authorization, reading it never panics, and only a
+        /// credential with an API key's mark is taken for a key.
+        #[test]
+        fn any_authorization_value_is_read_without_panicking(value in "\\PC{0,80}") {
+            match Presented::bearer(&value) {
+                Some(Presented::Key(key)) => prop_assert!(key.starts_with("pgw_")),
+                Some(Presented::Token(token)) => prop_assert!(!token.starts_with("pgw_")),
+                None => {}
+            }
+        }
+    }
 
     #[test]
     fn a_bearer_credential_is_a_key_when_it_has_a_keys_shape_and_a_token_otherwise() {

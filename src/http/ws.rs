@@ -243,9 +243,9 @@ impl Connection {
         let key_id = match caller {
             Caller::Key(principal) => principal.key_id,
             Caller::Person(person) => {
-                return match jsonwebtoken::get_current_timestamp() < person.expires_at {
-                    true => Next::Go,
-                    false => Next::Close(4403, "Forbidden: the token expired".to_owned()),
+                return match crate::jwt::expired(person) {
+                    false => Next::Go,
+                    true => Next::Close(4403, "Forbidden: the token expired".to_owned()),
                 };
             }
         };

@@ -126,7 +126,7 @@ async fn setup() -> Setup {
     }]);
     Setup {
         issuer,
-        verifier: Verifier::new().unwrap(),
+        verifier: Verifier::new(Duration::ZERO).unwrap(),
         tenants,
         tenant,
     }
@@ -147,7 +147,7 @@ async fn a_token_signed_with_rs256_es256_or_eddsa_names_its_tenant_and_subject()
             .await
             .unwrap_or_else(|refusal| panic!("{alg:?}: {refusal:?}"));
         assert_eq!(
-            person,
+            *person,
             Person {
                 tenant: setup.tenant,
                 issuer: ISSUER.to_owned(),
@@ -230,6 +230,31 @@ async fn expired_early_foreign_or_tampered_tokens_are_refused_alike() {
             .await
             .is_ok()
     );
+}
+
+#[tokio::test]
+async fn a_token_that_passed_is_remembered_for_the_tenants_cache_time_only() {
+    let setup = setup().await;
+    let verifier = Verifier::new(Duration::from_millis(300)).unwrap();
+    let good = token(Algorithm::EdDSA, "ed", &claims("ana"));
+    assert!(verifier.verify(&good, &setup.tenants).await.is_ok());
+    // With the issuer no longer trusted, the remembered token still passes for a while…
+    let untrusted = Snapshot::default();
+    assert!(verifier.verify(&good, &untrusted).await.is_ok());
+    let other = token(Algorithm::EdDSA, "ed", &claims("bo"));
+    assert_eq!(verifier.verify(&other, &untrusted).await, Err(Refusal::Invalid));
+    // …and not once that time is over.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(verifier.verify(&good, &untrusted).await, Err(Refusal::Invalid));
+    // A token past its expiry (and the leeway) is refused even while remembered.
+    let verifier = Verifier::new(Duration::from_secs(60)).unwrap();
+    let mut expiring = claims("cy");
+    expiring["exp"] = json!(get_current_timestamp() - 59);
+    let expiring = token(Algorithm::EdDSA, "ed", &expiring);
+    assert!(verifier.verify(&expiring, &setup.tenants).await.is_ok());
+    tokio::time::sleep(Duration::from_millis(2_100)).await;
+    assert!(verifier.passed.as_ref().unwrap().contains_key(&expiring));
+    assert_eq!(verifier.verify(&expiring, &setup.tenants).await, Err(Refusal::Invalid));
 }
 
 #[tokio::test]
@@ -344,7 +369,7 @@ proptest! {
         header in "\\{.{0,40}\\}",
     ) {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        let verifier = Verifier::new().unwrap();
+        let verifier = Verifier::new(Duration::ZERO).unwrap();
         let tenants = Snapshot::default();
         let mut token = parts.join(".");
         token.insert_str(0, &format!("{}.", base64_url(&header)));

@@ -460,3 +460,25 @@ async fn an_api_key_has_no_me() {
     let error = app.error("{ me { id } }", json!({})).await;
     assert_eq!(error["extensions"]["code"], "FORBIDDEN");
 }
+
+#[tokio::test]
+async fn a_socket_opened_with_a_token_closes_when_the_token_expires() {
+    let app = TestApp::sqlite_with(EdgeConfig {
+        api_key_cache: Duration::from_millis(200),
+        ..EdgeConfig::default()
+    })
+    .await;
+    let (app, _issuer) = with_issuers(app).await;
+    // Within the 60 s of clock skew allowed for another 2 s.
+    let mut expiring = claims("ana");
+    expiring["exp"] = json!(get_current_timestamp() - 58);
+    let payload = json!({"Authorization": format!("Bearer {}", token_of(&expiring))});
+    let mut subscriber = Subscriber::connect(&app.address, payload).await.unwrap();
+    let closed = subscriber.message(Duration::from_secs(10)).await.expect("closed");
+    assert_eq!(
+        (closed["type"].as_str(), closed["code"].as_u64()),
+        (Some("close"), Some(4403)),
+        "{closed}"
+    );
+    assert_eq!(closed["reason"], "Forbidden: the token expired");
+}
