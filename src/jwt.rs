@@ -68,6 +68,8 @@ const REMEMBERED_BYTES: u64 = 16 * 1024 * 1024;
 pub struct Verifier {
     client: reqwest::Client,
     kept: Mutex<HashMap<String, Kept>>,
+    /// A lock per JWKS, held while it is fetched.
+    fetching: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Tokens that passed, for the tenants' cache time (none when it is zero).
     passed: Option<moka::sync::Cache<String, Arc<Person>>>,
 }
@@ -89,6 +91,7 @@ impl Verifier {
         Ok(Verifier {
             client,
             kept: Mutex::default(),
+            fetching: Mutex::default(),
             passed,
         })
     }
@@ -164,43 +167,34 @@ impl Verifier {
     }
 
     /// The key `kid` names in the JWKS at `url` (the only key, when the token names none),
-    /// from the kept keys or fetched.
+    /// from the kept keys or fetched. One fetch of a JWKS runs at a time; the requests that
+    /// need it meanwhile wait for it and take its keys.
     async fn key(&self, url: &str, kid: Option<&str>) -> Result<Jwk, Refusal> {
-        let now = Instant::now();
-        {
-            let mut kept = self.kept.lock().map_err(|_| Refusal::Unavailable)?;
-            let entry = kept.get_mut(url);
-            let found = entry.as_ref().and_then(|entry| find(entry.keys.as_ref()?, kid));
-            let fresh = entry.as_ref().is_some_and(|entry| now < entry.fresh_until);
-            match (found, entry) {
-                (Some(jwk), _) if fresh => return Ok(jwk),
-                // Stale, or a kid it does not hold, and a fetch was tried lately: what is kept.
-                (found, Some(entry)) if now.duration_since(entry.tried_at) < REFETCH_AFTER => {
-                    let missing = if entry.keys.is_some() {
-                        Refusal::Invalid
-                    } else {
-                        Refusal::Unavailable
-                    };
-                    return found.ok_or(missing);
-                }
-                (_, Some(entry)) => entry.tried_at = now,
-                (_, None) => {
-                    let entry = Kept {
-                        keys: None,
-                        fresh_until: now,
-                        tried_at: now,
-                    };
-                    kept.insert(url.to_owned(), entry);
-                }
-            }
+        if let Some(answer) = self.kept_answer(url, kid)? {
+            return answer;
+        }
+        let fetching = {
+            let mut fetching = self.fetching.lock().map_err(|_| Refusal::Unavailable)?;
+            fetching.entry(url.to_owned()).or_default().clone()
+        };
+        let _turn = fetching.lock().await;
+        // Another request may have fetched while this one waited.
+        if let Some(answer) = self.kept_answer(url, kid)? {
+            return answer;
         }
         let fetched = self.fetch(url).await;
         let mut kept = self.kept.lock().map_err(|_| Refusal::Unavailable)?;
-        let entry = kept.get_mut(url).ok_or(Refusal::Unavailable)?;
+        let now = Instant::now();
+        let entry = kept.entry(url.to_owned()).or_insert(Kept {
+            keys: None,
+            fresh_until: now,
+            tried_at: now,
+        });
+        entry.tried_at = now;
         match fetched {
             Ok((keys, keep_for)) => {
                 entry.keys = Some(keys);
-                entry.fresh_until = Instant::now() + keep_for;
+                entry.fresh_until = now + keep_for;
             }
             Err(err) => tracing::warn!(%url, error = %err, "could not fetch an issuer's keys; keeping those kept"),
         }
@@ -208,6 +202,26 @@ impl Verifier {
             Some(keys) => find(keys, kid).ok_or(Refusal::Invalid),
             None => Err(Refusal::Unavailable),
         }
+    }
+
+    /// What the kept keys answer without a fetch: the key when they are fresh and hold it, or
+    /// when a fetch was tried lately (at most every [`REFETCH_AFTER`]), the key if they hold
+    /// it and a refusal if not; `None` when a fetch is due.
+    fn kept_answer(&self, url: &str, kid: Option<&str>) -> Result<Option<Result<Jwk, Refusal>>, Refusal> {
+        let kept = self.kept.lock().map_err(|_| Refusal::Unavailable)?;
+        let Some(entry) = kept.get(url) else {
+            return Ok(None);
+        };
+        let now = Instant::now();
+        let found = entry.keys.as_ref().and_then(|keys| find(keys, kid));
+        Ok(match found {
+            Some(jwk) if now < entry.fresh_until => Some(Ok(jwk)),
+            found if now.duration_since(entry.tried_at) < REFETCH_AFTER => Some(found.ok_or(match entry.keys {
+                Some(_) => Refusal::Invalid,
+                None => Refusal::Unavailable,
+            })),
+            _ => None,
+        })
     }
 
     /// The JWKS at `url`, and how long to keep it.

@@ -2,6 +2,7 @@
 //! answer is checked. An answer counts only if it is complete: HTTP 200, no `errors`, and the
 //! data the request asked for.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use futures::FutureExt as _;
@@ -20,14 +21,17 @@ fn http_client() -> reqwest::Client {
         .unwrap_or_default()
 }
 
+/// How a request authenticates: a header's name and value.
+type Credential<'a> = (&'static str, &'a str);
+
 /// POSTs a GraphQL request; its `data` when the response is a 200 without `errors`.
-async fn graphql(http: &reqwest::Client, url: &str, api_key: Option<&str>, body: Value) -> Option<Value> {
+async fn graphql(http: &reqwest::Client, url: &str, credential: Option<Credential<'_>>, body: Value) -> Option<Value> {
     let mut request = http
         .post(url)
         .header("Content-Type", "application/json")
         .header("Accept", "application/graphql-response+json, application/json");
-    if let Some(key) = api_key {
-        request = request.header("X-API-Key", key);
+    if let Some((name, value)) = credential {
+        request = request.header(name, value);
     }
     let response = request.body(body.to_string()).send().await.ok()?;
     if response.status() != 200 {
@@ -48,11 +52,14 @@ fn nodes(value: &Value, expected: usize) -> bool {
     value.as_array().is_some_and(|nodes| nodes.len() == expected)
 }
 
-/// profile-gateway over HTTP, with an API key.
+/// profile-gateway over HTTP, with an API key or with the token of each profile's person.
 pub struct Gateway {
     http: reqwest::Client,
     url: String,
-    api_key: String,
+    /// `X-API-Key`'s value, when requests send one.
+    api_key: Option<String>,
+    /// `Authorization`'s value (`Bearer <token>`) for each profile, by its id, otherwise.
+    tokens: HashMap<Arc<str>, String>,
     /// How many profiles `profiles(first: 50)` must return.
     list_len: usize,
 }
@@ -62,16 +69,52 @@ impl Gateway {
         Arc::new(Gateway {
             http: http_client(),
             url: format!("{address}/graphql"),
-            api_key: api_key.to_owned(),
+            api_key: Some(api_key.to_owned()),
+            tokens: HashMap::new(),
             list_len,
         })
+    }
+
+    /// A client whose every request acts as the person of the profile it names.
+    pub fn with_tokens(address: &str, tokens: Arc<HashMap<Arc<str>, String>>, list_len: usize) -> Arc<dyn Client> {
+        let tokens = tokens
+            .iter()
+            .map(|(id, token)| (id.clone(), format!("Bearer {token}")))
+            .collect();
+        Arc::new(Gateway {
+            http: http_client(),
+            url: format!("{address}/graphql"),
+            api_key: None,
+            tokens,
+            list_len,
+        })
+    }
+
+    /// The credential of a request about the profile `id`; for a list, a random person's.
+    fn credential(&self, id: Option<&str>) -> Option<Credential<'_>> {
+        if let Some(key) = &self.api_key {
+            return Some(("X-API-Key", key));
+        }
+        let token = match id {
+            Some(id) => self.tokens.get(id),
+            None => {
+                use rand::Rng as _;
+                let n = rand::rng().random_range(0..self.tokens.len().max(1));
+                self.tokens.values().nth(n)
+            }
+        };
+        token.map(|token| ("Authorization", token.as_str()))
     }
 }
 
 impl Client for Gateway {
     fn call<'a>(&'a self, op: &'a Op) -> BoxFuture<'a, bool> {
         async move {
-            let post = |body| graphql(&self.http, &self.url, Some(&self.api_key), body);
+            let id = match op {
+                Op::Read { id } | Op::Update { id, .. } => Some(id.as_ref()),
+                Op::List => None,
+            };
+            let post = |body| graphql(&self.http, &self.url, self.credential(id), body);
             match op {
                 Op::Read { id } => {
                     let body = json!({

@@ -52,6 +52,9 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub enum Kind {
     /// profile-gateway on PostgreSQL.
     GatewayPostgres,
+    /// profile-gateway on PostgreSQL, each request with an end user's token (the person whose
+    /// profile it reads or writes) instead of an API key.
+    GatewayPostgresToken,
     /// profile-gateway on SQLite.
     GatewaySqlite,
     /// PostGraphile v5 (Node) over the same tables, its write a PostgreSQL function that sends
@@ -66,8 +69,9 @@ pub enum Kind {
 }
 
 impl Kind {
-    pub const ALL: [Kind; 6] = [
+    pub const ALL: [Kind; 7] = [
         Kind::GatewayPostgres,
+        Kind::GatewayPostgresToken,
         Kind::GatewaySqlite,
         Kind::Postgraphile,
         Kind::PostgraphileQuiet,
@@ -78,6 +82,7 @@ impl Kind {
     pub fn name(self) -> &'static str {
         match self {
             Kind::GatewayPostgres => "profile-gateway (PostgreSQL)",
+            Kind::GatewayPostgresToken => "profile-gateway (PostgreSQL, tokens)",
             Kind::GatewaySqlite => "profile-gateway (SQLite)",
             Kind::Postgraphile => "PostGraphile v5",
             Kind::PostgraphileQuiet => "PostGraphile v5 (no notice)",
@@ -164,6 +169,8 @@ struct Seeded {
     ids: Arc<Vec<Arc<str>>>,
     tenant: Uuid,
     api_key: String,
+    /// A token of each profile's person, by the profile's id.
+    tokens: Arc<std::collections::HashMap<Arc<str>, String>>,
 }
 
 /// The workloads, by name: W1 reads a random profile with its tags and attributes; W2 merges
@@ -195,7 +202,8 @@ fn workloads(ids: &Arc<Vec<Arc<str>>>) -> Vec<(WorkloadId, &'static str, Workloa
 }
 
 /// Creates `count` profiles, each with 3 tags and 5 attributes, through the gateway's own
-/// store, and an API key; on PostgreSQL also the reference SQL's function.
+/// store, an API key, and a token of each profile's person (the tenant trusts an issuer this
+/// process serves); on PostgreSQL also the reference SQL's function.
 async fn seed(url: &str, count: usize) -> Result<Seeded, BoxError> {
     let db = profile_gateway::db::connect(url).await?;
     profile_gateway::db::migrate(&db).await?;
@@ -230,6 +238,7 @@ async fn seed(url: &str, count: usize) -> Result<Seeded, BoxError> {
         .create(http::DEFAULT_TENANT, Scope::Write, Some("bench".into()))
         .await?
         .key;
+    let tokens = issue_tokens(&store, &ids).await?;
     // Statistics and a checkpoint now, so that no autovacuum or checkpoint of the fresh rows
     // runs (and takes CPU) during a measurement. Not ANALYZE on SQLite: its bundled build has
     // STAT4, with which statistics make every statement whose key is bound anew re-prepare.
@@ -246,7 +255,58 @@ async fn seed(url: &str, count: usize) -> Result<Seeded, BoxError> {
         ids: Arc::new(ids),
         tenant: tenant.0,
         api_key,
+        tokens: Arc::new(tokens),
     })
+}
+
+/// The test key that signs the benchmark's tokens (EdDSA), and its public half.
+const SIGNING_KEY: &str = include_str!("../../tests/fixtures/jwt/ed25519.pem");
+const SIGNING_KEY_X: &str = include_str!("../../tests/fixtures/jwt/ed25519.x");
+const ISSUER: &str = "https://bench.invalid/";
+
+/// Serves the signing key's JWKS from this process, makes the default tenant trust its
+/// issuer, and signs a day-long token for the person of each profile of `ids` (whose
+/// externalIds `seed` made `bench-<n>`).
+async fn issue_tokens(
+    store: &Store,
+    ids: &[Arc<str>],
+) -> Result<std::collections::HashMap<Arc<str>, String>, BoxError> {
+    let jwks =
+        json!({"keys": [{"kty": "OKP", "crv": "Ed25519", "x": SIGNING_KEY_X.trim(), "kid": "bench", "alg": "EdDSA"}]});
+    let jwks_url = format!(
+        "{}/jwks.json",
+        serve_in_process(axum::Router::new().route(
+            "/jwks.json",
+            axum::routing::get(move || {
+                let jwks = jwks.clone();
+                async move { axum::Json(jwks) }
+            }),
+        ))
+        .await?
+    );
+    let jwt = profile_gateway::tenant::Jwt {
+        issuer: ISSUER.to_owned(),
+        jwks_url,
+        audience: "bench".to_owned(),
+    };
+    let change = profile_gateway::tenant::Change {
+        allowed_origins: None,
+        jwt: Some(Some(jwt)),
+    };
+    profile_gateway::tenant::Tenants::cached(store.clone(), Duration::ZERO)
+        .set(http::DEFAULT_TENANT, change)
+        .await?;
+    let key = jsonwebtoken::EncodingKey::from_ed_pem(SIGNING_KEY.as_bytes())?;
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA);
+    header.kid = Some("bench".to_owned());
+    let now = jsonwebtoken::get_current_timestamp();
+    ids.iter()
+        .enumerate()
+        .map(|(n, id)| {
+            let claims = json!({"iss": ISSUER, "aud": "bench", "sub": format!("bench-{n}"), "exp": now + 86_400});
+            Ok((id.clone(), jsonwebtoken::encode(&header, &claims, &key)?))
+        })
+        .collect()
 }
 
 /// Starts `command` and waits for the line, on stdout or stderr as `on_stderr` says, from
@@ -323,7 +383,7 @@ pub fn pool_options(max: u32) -> PgPoolOptions {
 async fn start(kind: Kind, seeded: &Seeded, options: &Options) -> Result<Contender, BoxError> {
     let list_len = seeded.ids.len().min(50);
     let (client, process) = match kind {
-        Kind::GatewayPostgres | Kind::GatewaySqlite => {
+        Kind::GatewayPostgres | Kind::GatewayPostgresToken | Kind::GatewaySqlite => {
             let (address, process) = match &options.server_binary {
                 Some(binary) => {
                     let mut command = tokio::process::Command::new(binary);
@@ -343,7 +403,12 @@ async fn start(kind: Kind, seeded: &Seeded, options: &Options) -> Result<Contend
                     (serve_in_process(router).await?, None)
                 }
             };
-            (clients::Gateway::client(&address, &seeded.api_key, list_len), process)
+            let client = match kind {
+                // A person lists only their own profile.
+                Kind::GatewayPostgresToken => clients::Gateway::with_tokens(&address, seeded.tokens.clone(), 1),
+                _ => clients::Gateway::client(&address, &seeded.api_key, list_len),
+            };
+            (client, process)
         }
         Kind::Postgraphile | Kind::PostgraphileQuiet => {
             let dir = &options.postgraphile_dir;
@@ -902,6 +967,16 @@ impl Report {
                     }),
             );
         }
+        judge(
+            format!("W1 read with end-user tokens: server CPU per read within 10% of the API key's at {first}"),
+            find(Kind::GatewayPostgresToken, "W1 read", &first)
+                .zip(find(gateway, "W1 read", &first))
+                .and_then(|(t, k)| t.server_cpu_ms.zip(k.server_cpu_ms))
+                .map(|(t, k)| {
+                    let ratio = t / k.max(f64::EPSILON);
+                    (format!("{t:.3} ms vs {k:.3} ms ({ratio:.2}×)"), ratio <= 1.1)
+                }),
+        );
         judge(
             "≤ 3 SQL round trips per updateProfile on PostgreSQL (W2)".into(),
             find(gateway, "W2 update", &first)

@@ -258,6 +258,19 @@ async fn a_token_that_passed_is_remembered_for_the_tenants_cache_time_only() {
 }
 
 #[tokio::test]
+async fn tokens_that_arrive_while_the_keys_are_fetched_wait_for_that_fetch() {
+    let setup = setup().await;
+    setup.issuer.delay_ms.store(200, Ordering::SeqCst);
+    let tokens: Vec<String> = (0..20)
+        .map(|n| token(Algorithm::EdDSA, "ed", &claims(&format!("p{n}"))))
+        .collect();
+    let verified =
+        futures::future::join_all(tokens.iter().map(|token| setup.verifier.verify(token, &setup.tenants))).await;
+    assert!(verified.iter().all(Result::is_ok), "{verified:?}");
+    assert_eq!(setup.issuer.fetches.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
 async fn an_unknown_kid_refetches_at_most_once_per_30_seconds_then_is_refused() {
     let setup = setup().await;
     let stranger = token(Algorithm::RS256, "rotated", &claims("ana"));
