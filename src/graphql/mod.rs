@@ -75,9 +75,14 @@ async fn find_visible(
     let Some(person) = person(ctx) else {
         return store.find(tenant, key, parts).await;
     };
-    let own = ProfileKey::ExternalId(person.subject.clone());
-    // With its standard fields, so that `key` can be checked against its externalId too.
-    let parts = Parts { fields: true, ..parts };
-    let found = store.find(tenant, &own, parts).await?;
-    Ok(found.filter(|view| key.names(&view.profile)))
+    let found = store
+        .find(tenant, &ProfileKey::ExternalId(person.subject.clone()), parts)
+        .await?;
+    // Found by its externalId, the profile has the person's; its id and serial number are
+    // read whatever the parts.
+    let names = |view: &ProfileView| match key {
+        ProfileKey::ExternalId(external_id) => *external_id == person.subject,
+        ProfileKey::Id(_) | ProfileKey::SerialNumber(_) => key.names(&view.profile),
+    };
+    Ok(found.filter(names))
 }

@@ -482,3 +482,29 @@ async fn a_socket_opened_with_a_token_closes_when_the_token_expires() {
     );
     assert_eq!(closed["reason"], "Forbidden: the token expired");
 }
+
+#[tokio::test]
+async fn a_flood_of_bad_tokens_is_refused_by_address_before_any_issuer_is_asked() {
+    let app = TestApp::sqlite_with(EdgeConfig {
+        rates: profile_gateway::http::rate::Rates {
+            failed_auth_rate: 1,
+            ..Default::default()
+        },
+        ..EdgeConfig::default()
+    })
+    .await;
+    let (app, issuer) = with_issuers(app).await;
+    let mut header = Header::new(Algorithm::RS256);
+    let mut statuses = Vec::new();
+    for n in 0..10 {
+        // Each names a key the issuer never published.
+        header.kid = Some(format!("rotated-{n}"));
+        let forged = encode(&header, &claims("ana"), &rsa()).unwrap();
+        statuses.push(refused(&app, &forged).await.0);
+    }
+    assert_eq!(statuses[..3], [401, 401, 401], "{statuses:?}");
+    assert!(statuses[4..].iter().all(|&status| status == 429), "{statuses:?}");
+    assert_eq!(issuer.fetches.load(Ordering::SeqCst), 1, "the issuer was asked once");
+    // A good token from that address waits too; one from elsewhere would not.
+    assert_eq!(refused(&app, &token("ana")).await, (429, "RATE_LIMITED".to_owned()));
+}
