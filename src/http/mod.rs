@@ -3,6 +3,7 @@
 mod analysis;
 mod cors;
 mod credentials;
+mod graphiql;
 mod graphql;
 pub mod limits;
 pub mod rate;
@@ -16,12 +17,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use async_graphql::ValidationMode;
-use async_graphql::http::GraphiQLSource;
 use axum::Router;
 use axum::extract::Request;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
-use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -157,9 +157,7 @@ pub(crate) struct AppState {
     index: Arc<SchemaIndex>,
     documents: graphql::Documents,
     lifecycle: Lifecycle,
-    graphiql: Arc<str>,
-    /// GraphiQL with the key made on this start, for pages loaded by a loopback name only.
-    graphiql_with_key: Option<Arc<str>>,
+    graphiql: graphiql::Graphiql,
     /// The documents requests may name by id.
     trusted: Option<Arc<trusted::TrustedDocuments>>,
     limiter: Arc<rate::Limiter>,
@@ -189,19 +187,6 @@ pub fn router(store: Store, config: EdgeConfig) -> crate::error::Result<Router> 
             .finish()
     };
     let index = SchemaIndex::new(&crate::sdl()).map_err(|err| crate::error::Error::Internal(Box::new(err)))?;
-    let graphiql = || {
-        GraphiQLSource::build()
-            .endpoint("/graphql")
-            .subscription_endpoint("/graphql")
-            .title("profile-gateway")
-    };
-    let graphiql_with_key = config.graphiql_key.as_ref().map(|key| {
-        graphiql()
-            .header("X-API-Key", key)
-            .ws_connection_param("X-API-Key", key)
-            .finish()
-            .into()
-    });
     // Every replica's changes: for subscribers here, and to forget kept profiles they changed.
     store.listen();
     let tenants = Tenants::cached(store.clone(), config.api_key_cache);
@@ -223,8 +208,7 @@ pub fn router(store: Store, config: EdgeConfig) -> crate::error::Result<Router> 
         limits: Arc::new(config.limits),
         index: Arc::new(index),
         documents: graphql::Documents::new(),
-        graphiql: graphiql().finish().into(),
-        graphiql_with_key,
+        graphiql: graphiql::Graphiql::new(config.graphiql_key.as_deref()),
         lifecycle: config.lifecycle,
     });
     Ok(Router::new()
@@ -236,6 +220,7 @@ pub fn router(store: Store, config: EdgeConfig) -> crate::error::Result<Router> 
                 .layer(middleware::from_fn_with_state(cors::layer(tenants), cors::handle)),
         )
         .route("/graphiql", get(graphiql_page))
+        .route("/graphiql/assets/{name}", get(graphiql_asset))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .layer(CatchPanicLayer::custom(panic_response))
@@ -243,28 +228,23 @@ pub fn router(store: Store, config: EdgeConfig) -> crate::error::Result<Router> 
         .with_state(state))
 }
 
-/// GraphiQL; with the key made on this start only when the page was asked for by a loopback
-/// name, so that a page of another site that a DNS record points at 127.0.0.1 (DNS
-/// rebinding) gets no key.
+/// GraphiQL's page ([`graphiql`]).
 async fn graphiql_page(
     axum::extract::State(state): axum::extract::State<Arc<AppState>>,
     headers: axum::http::HeaderMap,
-) -> Html<String> {
-    let host = headers.get(header::HOST).and_then(|host| host.to_str().ok());
-    match &state.graphiql_with_key {
-        Some(page) if host.is_some_and(is_loopback_host) => Html(page.to_string()),
-        _ => Html(state.graphiql.to_string()),
-    }
+) -> Response {
+    state
+        .graphiql
+        .page(headers.get(header::HOST).and_then(|host| host.to_str().ok()))
 }
 
-/// Whether `host` (a `Host` header: a name or address, and maybe a port) names this machine's
-/// loopback.
-fn is_loopback_host(host: &str) -> bool {
-    let name = match host.strip_prefix('[') {
-        Some(rest) => rest.split(']').next().unwrap_or_default(),
-        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
-    };
-    name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+/// One of GraphiQL's assets ([`graphiql`]).
+async fn graphiql_asset(
+    axum::extract::State(state): axum::extract::State<Arc<AppState>>,
+    name: axum::extract::Path<String>,
+    headers: axum::http::HeaderMap,
+) -> Response {
+    state.graphiql.asset(name, &headers)
 }
 
 /// Ready when the database answers within two seconds: a load balancer sends no traffic to a
@@ -437,36 +417,4 @@ async fn shutdown_signal() {
         () = terminate => {}
     }
     tracing::info!("shutting down");
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_loopback_names_and_addresses_are_loopback_hosts() {
-        for host in [
-            "localhost",
-            "localhost:8080",
-            "LOCALHOST:1",
-            "127.0.0.1",
-            "127.0.0.1:8080",
-            "127.1.2.3:80",
-            "[::1]:8080",
-            "[::1]",
-        ] {
-            assert!(is_loopback_host(host), "{host}");
-        }
-        for host in [
-            "evil.example.com",
-            "evil.example.com:8080",
-            "localhost.evil.example",
-            "10.0.0.1:8080",
-            "[::2]:80",
-            "",
-            "127.0.0.1.evil.example",
-        ] {
-            assert!(!is_loopback_host(host), "{host}");
-        }
-    }
 }

@@ -48,7 +48,7 @@ const DOCUMENTS: [(&str, &str); 6] = [
 ];
 
 /// Where Chromium and playwright-core are, or why the test cannot run.
-fn browser() -> Result<(PathBuf, PathBuf), String> {
+pub fn browser() -> Result<(PathBuf, PathBuf), String> {
     let chromium = PathBuf::from(std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".to_owned()));
     let driver = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
     if !chromium.exists() {

@@ -146,6 +146,17 @@ impl TestApp {
         .await
     }
 
+    /// Another server on this one's database, with `config`.
+    pub async fn replica_with(&self, config: EdgeConfig) -> TestApp {
+        Self::serve(
+            &self.database_url,
+            TestDatabase::Shared,
+            config,
+            Some(self.admin_key.clone()),
+        )
+        .await
+    }
+
     async fn start(url: &str, database: TestDatabase, config: EdgeConfig) -> TestApp {
         Self::serve(url, database, config, None).await
     }

@@ -12,6 +12,7 @@ mod dialects;
 mod edge;
 mod faults;
 mod fuzz;
+mod graphiql;
 mod history;
 mod hostile;
 mod idempotency;
