@@ -12,10 +12,13 @@
 //! [`Refusal::Unavailable`] (503). Any other fault is [`Refusal::Invalid`] (401), without
 //! saying which check failed.
 //!
-//! A token that passed is remembered for the tenants' cache time (`--api-key-cache-secs`, as
-//! API keys are), never past its `exp`: checking a signature costs several times a read's own
-//! work, and a frontend sends the same token with every request. A change of the tenant's
-//! token settings reaches remembered tokens as late as it reaches the settings themselves.
+//! A token that passed is remembered for a minute, never past its `exp`, and only while its
+//! tenant's token settings are still those it passed with: checking a signature costs several
+//! times a read's own work, and a frontend sends the same token with every request. A minute is
+//! the least time an issuer's keys are kept, so a key the issuer withdraws stops serving a
+//! remembered token no later than it would stop serving a new one; a change of the tenant's
+//! settings reaches remembered tokens as soon as it reaches the settings (within
+//! `--api-key-cache-secs`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -27,7 +30,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode, decode_header};
 use serde::Deserialize;
 
 use crate::auth::Person;
-use crate::tenant::Snapshot;
+use crate::tenant::{Jwt, Snapshot};
 
 /// The algorithms accepted: asymmetric only.
 const ALGORITHMS: [Algorithm; 3] = [Algorithm::RS256, Algorithm::ES256, Algorithm::EdDSA];
@@ -70,22 +73,23 @@ pub struct Verifier {
     kept: Mutex<HashMap<String, Kept>>,
     /// A lock per JWKS, held while it is fetched.
     fetching: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-    /// Tokens that passed, for the tenants' cache time (none when it is zero).
-    passed: Option<moka::sync::Cache<String, Arc<Person>>>,
+    /// Tokens that passed, with the tenant's settings they passed with, for
+    /// [`KEEP_AT_LEAST`] (none when the verifier does not remember).
+    passed: Option<moka::sync::Cache<String, (Arc<Person>, Arc<Jwt>)>>,
 }
 
 impl Verifier {
-    /// A verifier that remembers a token that passed for `remember` (not at all when zero).
-    pub fn new(remember: Duration) -> Result<Self, reqwest::Error> {
+    /// A verifier; one that will `remember` the tokens that passed.
+    pub fn new(remember: bool) -> Result<Self, reqwest::Error> {
         let client = reqwest::Client::builder()
             .timeout(FETCH_TIMEOUT)
             .redirect(reqwest::redirect::Policy::none())
             .build()?;
-        let passed = (!remember.is_zero()).then(|| {
+        let passed = remember.then(|| {
             moka::sync::Cache::builder()
                 .weigher(|token: &String, _| u32::try_from(token.len()).unwrap_or(u32::MAX))
                 .max_capacity(REMEMBERED_BYTES)
-                .time_to_live(remember)
+                .time_to_live(KEEP_AT_LEAST)
                 .build()
         });
         Ok(Verifier {
@@ -98,21 +102,28 @@ impl Verifier {
 
     /// Whom `token` stands for, with the tenants' settings of `tenants`.
     pub async fn verify(&self, token: &str, tenants: &Snapshot) -> Result<Arc<Person>, Refusal> {
-        if let Some(person) = self.passed.as_ref().and_then(|passed| passed.get(token)) {
-            return match expired(&person) {
-                false => Ok(person),
-                true => Err(Refusal::Invalid),
-            };
+        if let Some((person, jwt)) = self.passed.as_ref().and_then(|passed| passed.get(token)) {
+            if expired(&person) {
+                return Err(Refusal::Invalid);
+            }
+            let unchanged = tenants
+                .by_issuer(&person.issuer)
+                .is_some_and(|settings| settings.tenant == person.tenant && settings.jwt.as_ref() == Some(&*jwt));
+            if unchanged {
+                return Ok(person);
+            }
         }
-        let person = Arc::new(self.check(token, tenants).await?);
+        let (person, jwt) = self.check(token, tenants).await?;
+        let person = Arc::new(person);
         if let Some(passed) = &self.passed {
-            passed.insert(token.to_owned(), person.clone());
+            passed.insert(token.to_owned(), (person.clone(), Arc::new(jwt)));
         }
         Ok(person)
     }
 
     /// [`Verifier::verify`] without the tokens remembered.
-    async fn check(&self, token: &str, tenants: &Snapshot) -> Result<Person, Refusal> {
+    /// Whom `token` stands for, and the tenant's settings it passed with.
+    async fn check(&self, token: &str, tenants: &Snapshot) -> Result<(Person, Jwt), Refusal> {
         let header = decode_header(token).map_err(|_| Refusal::Invalid)?;
         if !ALGORITHMS.contains(&header.alg) {
             return Err(Refusal::Invalid);
@@ -158,12 +169,13 @@ impl Verifier {
         if claims.sub.is_empty() {
             return Err(Refusal::Invalid);
         }
-        Ok(Person {
+        let person = Person {
             tenant: settings.tenant,
             issuer,
             subject: claims.sub,
             expires_at: claims.exp,
-        })
+        };
+        Ok((person, jwt.clone()))
     }
 
     /// The key `kid` names in the JWKS at `url` (the only key, when the token names none),

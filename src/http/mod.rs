@@ -198,7 +198,7 @@ pub fn router(store: Store, config: EdgeConfig) -> crate::error::Result<Router> 
         store: store.clone(),
         keys: Keys::cached(store.clone(), config.api_key_cache),
         tenants: tenants.clone(),
-        verifier: crate::jwt::Verifier::new(config.api_key_cache)
+        verifier: crate::jwt::Verifier::new(!config.api_key_cache.is_zero())
             .map_err(|err| crate::error::Error::Internal(Box::new(err)))?,
         trusted: config.trusted_documents,
         limiter: limiter.clone(),

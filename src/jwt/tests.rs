@@ -126,7 +126,7 @@ async fn setup() -> Setup {
     }]);
     Setup {
         issuer,
-        verifier: Verifier::new(Duration::ZERO).unwrap(),
+        verifier: Verifier::new(false).unwrap(),
         tenants,
         tenant,
     }
@@ -233,21 +233,32 @@ async fn expired_early_foreign_or_tampered_tokens_are_refused_alike() {
 }
 
 #[tokio::test]
-async fn a_token_that_passed_is_remembered_for_the_tenants_cache_time_only() {
+async fn a_token_that_passed_is_remembered_while_its_tenants_settings_stay_and_never_past_its_expiry() {
     let setup = setup().await;
-    let verifier = Verifier::new(Duration::from_millis(300)).unwrap();
+    let verifier = Verifier::new(true).unwrap();
     let good = token(Algorithm::EdDSA, "ed", &claims("ana"));
     assert!(verifier.verify(&good, &setup.tenants).await.is_ok());
-    // With the issuer no longer trusted, the remembered token still passes for a while…
-    let untrusted = Snapshot::default();
-    assert!(verifier.verify(&good, &untrusted).await.is_ok());
-    let other = token(Algorithm::EdDSA, "ed", &claims("bo"));
-    assert_eq!(verifier.verify(&other, &untrusted).await, Err(Refusal::Invalid));
-    // …and not once that time is over.
-    tokio::time::sleep(Duration::from_millis(400)).await;
-    assert_eq!(verifier.verify(&good, &untrusted).await, Err(Refusal::Invalid));
+    // Remembered: even with the issuer down, it passes without its keys.
+    setup.issuer.status.store(500, Ordering::SeqCst);
+    let fetches = setup.issuer.fetches.load(Ordering::SeqCst);
+    assert!(verifier.verify(&good, &setup.tenants).await.is_ok());
+    assert_eq!(setup.issuer.fetches.load(Ordering::SeqCst), fetches);
+    // Once the tenant no longer trusts the issuer, or expects another audience, it does not.
+    assert_eq!(
+        verifier.verify(&good, &Snapshot::default()).await,
+        Err(Refusal::Invalid)
+    );
+    let mut settings = (*setup.tenants.by_issuer(ISSUER).unwrap().clone()).clone();
+    if let Some(jwt) = &mut settings.jwt {
+        jwt.audience = "another-app".to_owned();
+    }
+    assert_eq!(
+        verifier.verify(&good, &Snapshot::of([settings])).await,
+        Err(Refusal::Invalid)
+    );
+    assert!(verifier.verify(&good, &setup.tenants).await.is_ok());
+
     // A token past its expiry (and the leeway) is refused even while remembered.
-    let verifier = Verifier::new(Duration::from_secs(60)).unwrap();
     let mut expiring = claims("cy");
     expiring["exp"] = json!(get_current_timestamp() - 59);
     let expiring = token(Algorithm::EdDSA, "ed", &expiring);
@@ -382,7 +393,7 @@ proptest! {
         header in "\\{.{0,40}\\}",
     ) {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        let verifier = Verifier::new(Duration::ZERO).unwrap();
+        let verifier = Verifier::new(false).unwrap();
         let tenants = Snapshot::default();
         let mut token = parts.join(".");
         token.insert_str(0, &format!("{}.", base64_url(&header)));

@@ -234,10 +234,14 @@ async fn graphiql_hands_the_first_starts_key_only_to_a_page_loaded_by_a_loopback
         async move { request.send().await.unwrap().text().await.unwrap() }
     };
     // reqwest names the server as the test does: 127.0.0.1:PORT.
-    assert!(page("").await.contains(key));
-    assert!(page("localhost:8080").await.contains(key));
+    let hint = "profile-gateway apikey create";
+    for host in ["", "localhost:8080"] {
+        let html = page(host).await;
+        assert!(html.contains(key) && !html.contains(hint), "{host}");
+    }
     for host in ["evil.example.com", "evil.example.com:8080", "10.0.0.7"] {
         let html = page(host).await;
         assert!(html.contains("/graphql") && !html.contains(key), "{host} got the key");
+        assert!(html.contains(hint), "{host}: the page says how to make a key");
     }
 }

