@@ -12,13 +12,12 @@
 //! [`Refusal::Unavailable`] (503). Any other fault is [`Refusal::Invalid`] (401), without
 //! saying which check failed.
 //!
-//! A token that passed is remembered for a minute, never past its `exp`, and only while its
-//! tenant's token settings are still those it passed with: checking a signature costs several
-//! times a read's own work, and a frontend sends the same token with every request. A minute is
-//! the least time an issuer's keys are kept, so a key the issuer withdraws stops serving a
-//! remembered token no later than it would stop serving a new one; a change of the tenant's
-//! settings reaches remembered tokens as soon as it reaches the settings (within
-//! `--api-key-cache-secs`).
+//! A token that passed is remembered (while it is used, at most ten minutes idle), and passes
+//! again without its signature checked while it has not expired, its tenant's token settings
+//! are those it passed with, and the issuer's keys as kept hold the key that signed it: checking
+//! a signature costs several times a read's own work, and a frontend sends the same token with
+//! every request. So a key the issuer withdraws, or a change of the tenant's settings, stops a
+//! remembered token exactly when it would stop a new one.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -65,6 +64,17 @@ struct Kept {
 
 /// Most bytes of tokens remembered at once.
 const REMEMBERED_BYTES: u64 = 16 * 1024 * 1024;
+/// How long a token unused is remembered.
+const REMEMBERED_IDLE: Duration = Duration::from_secs(10 * 60);
+
+/// A token that passed: whom it stands for, the tenant's settings it passed with, and the `kid`
+/// of the key that signed it.
+#[derive(Debug, Clone)]
+struct Passed {
+    person: Arc<Person>,
+    jwt: Arc<Jwt>,
+    kid: Option<String>,
+}
 
 /// Verifies tokens, keeping each issuer's keys and the tokens that passed.
 #[derive(Debug)]
@@ -73,9 +83,8 @@ pub struct Verifier {
     kept: Mutex<HashMap<String, Kept>>,
     /// A lock per JWKS, held while it is fetched.
     fetching: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-    /// Tokens that passed, with the tenant's settings they passed with, for
-    /// [`KEEP_AT_LEAST`] (none when the verifier does not remember).
-    passed: Option<moka::sync::Cache<String, (Arc<Person>, Arc<Jwt>)>>,
+    /// Tokens that passed (none when the verifier does not remember).
+    passed: Option<moka::sync::Cache<String, Passed>>,
 }
 
 impl Verifier {
@@ -89,7 +98,7 @@ impl Verifier {
             moka::sync::Cache::builder()
                 .weigher(|token: &String, _| u32::try_from(token.len()).unwrap_or(u32::MAX))
                 .max_capacity(REMEMBERED_BYTES)
-                .time_to_live(KEEP_AT_LEAST)
+                .time_to_idle(REMEMBERED_IDLE)
                 .build()
         });
         Ok(Verifier {
@@ -102,28 +111,29 @@ impl Verifier {
 
     /// Whom `token` stands for, with the tenants' settings of `tenants`.
     pub async fn verify(&self, token: &str, tenants: &Snapshot) -> Result<Arc<Person>, Refusal> {
-        if let Some((person, jwt)) = self.passed.as_ref().and_then(|passed| passed.get(token)) {
+        if let Some(Passed { person, jwt, kid }) = self.passed.as_ref().and_then(|passed| passed.get(token)) {
             if expired(&person) {
                 return Err(Refusal::Invalid);
             }
             let unchanged = tenants
                 .by_issuer(&person.issuer)
                 .is_some_and(|settings| settings.tenant == person.tenant && settings.jwt.as_ref() == Some(&*jwt));
-            if unchanged {
+            let key_kept = matches!(self.kept_answer(&jwt.jwks_url, kid.as_deref()), Ok(Some(Ok(_))));
+            if unchanged && key_kept {
                 return Ok(person);
             }
         }
-        let (person, jwt) = self.check(token, tenants).await?;
-        let person = Arc::new(person);
-        if let Some(passed) = &self.passed {
-            passed.insert(token.to_owned(), (person.clone(), Arc::new(jwt)));
+        let passed = self.check(token, tenants).await?;
+        let person = passed.person.clone();
+        if let Some(remembered) = &self.passed {
+            remembered.insert(token.to_owned(), passed);
         }
         Ok(person)
     }
 
     /// [`Verifier::verify`] without the tokens remembered.
-    /// Whom `token` stands for, and the tenant's settings it passed with.
-    async fn check(&self, token: &str, tenants: &Snapshot) -> Result<(Person, Jwt), Refusal> {
+    /// Whom `token` stands for, with what it passed with.
+    async fn check(&self, token: &str, tenants: &Snapshot) -> Result<Passed, Refusal> {
         let header = decode_header(token).map_err(|_| Refusal::Invalid)?;
         if !ALGORITHMS.contains(&header.alg) {
             return Err(Refusal::Invalid);
@@ -175,7 +185,11 @@ impl Verifier {
             subject: claims.sub,
             expires_at: claims.exp,
         };
-        Ok((person, jwt.clone()))
+        Ok(Passed {
+            person: Arc::new(person),
+            jwt: Arc::new(jwt.clone()),
+            kid: header.kid,
+        })
     }
 
     /// The key `kid` names in the JWKS at `url` (the only key, when the token names none),

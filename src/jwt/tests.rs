@@ -233,7 +233,7 @@ async fn expired_early_foreign_or_tampered_tokens_are_refused_alike() {
 }
 
 #[tokio::test]
-async fn a_token_that_passed_is_remembered_while_its_tenants_settings_stay_and_never_past_its_expiry() {
+async fn a_token_that_passed_is_remembered_while_its_key_and_its_tenants_settings_stay_and_never_past_its_expiry() {
     let setup = setup().await;
     let verifier = Verifier::new(true).unwrap();
     let good = token(Algorithm::EdDSA, "ed", &claims("ana"));
@@ -243,6 +243,17 @@ async fn a_token_that_passed_is_remembered_while_its_tenants_settings_stay_and_n
     let fetches = setup.issuer.fetches.load(Ordering::SeqCst);
     assert!(verifier.verify(&good, &setup.tenants).await.is_ok());
     assert_eq!(setup.issuer.fetches.load(Ordering::SeqCst), fetches);
+    // Once the issuer withdraws the key that signed it, it does not (after the kept keys' time).
+    let withdrawn = token(Algorithm::RS256, "rsa", &claims("bo"));
+    assert!(verifier.verify(&withdrawn, &setup.tenants).await.is_ok());
+    setup.issuer.status.store(0, Ordering::SeqCst);
+    *setup.issuer.keys.lock().unwrap() = json!({"keys": [public(Algorithm::EdDSA, "ed")]});
+    verifier.kept.lock().unwrap().values_mut().for_each(|kept| {
+        kept.fresh_until = Instant::now();
+        kept.tried_at = Instant::now() - REFETCH_AFTER;
+    });
+    assert_eq!(verifier.verify(&withdrawn, &setup.tenants).await, Err(Refusal::Invalid));
+    assert!(verifier.verify(&good, &setup.tenants).await.is_ok());
     // Once the tenant no longer trusts the issuer, or expects another audience, it does not.
     assert_eq!(
         verifier.verify(&good, &Snapshot::default()).await,
