@@ -74,21 +74,14 @@ async fn serve_page() -> String {
 
 /// Opens `origin`'s page with `settings` in Chromium; what the page found.
 async fn open(chromium: &Path, driver: &Path, origin: &str, settings: &Value, name: &str) -> Value {
-    let url = format!("{origin}/#{}", urlencode(&settings.to_string()));
+    let url = format!("{origin}/#{}", crate::trusted::urlencode(&settings.to_string()));
     let screenshot = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}.png"));
-    let (chromium, driver) = (chromium.to_owned(), driver.to_owned());
-    let output = tokio::task::spawn_blocking(move || {
-        Command::new("node")
-            .current_dir(&driver)
-            .arg("drive.mjs")
-            .arg(&chromium)
-            .arg(&url)
-            .arg(&screenshot)
-            .output()
-            .expect("node runs")
-    })
-    .await
-    .unwrap();
+    let output = drive(
+        driver,
+        "drive.mjs",
+        [chromium.as_os_str(), url.as_ref(), screenshot.as_os_str()],
+    )
+    .await;
     assert!(
         output.status.success(),
         "the page did not finish (a screenshot is in {}): {}",
@@ -99,13 +92,14 @@ async fn open(chromium: &Path, driver: &Path, origin: &str, settings: &Value, na
     printed["result"].clone()
 }
 
-fn urlencode(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
+/// Runs the driver `script` of `driver` (`tests/browser/`) with Node.js and `args`, off the
+/// test's threads (the server under test runs on them).
+pub async fn drive(driver: &Path, script: &str, args: [&std::ffi::OsStr; 3]) -> std::process::Output {
+    let mut command = Command::new("node");
+    command.current_dir(driver).arg(script).args(args);
+    tokio::task::spawn_blocking(move || command.output().expect("node runs"))
+        .await
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,12 +2,11 @@
 //! every other host unreachable.
 
 use std::path::Path;
-use std::process::Command;
 
 use profile_gateway::http::EdgeConfig;
 use serde_json::{Value, json};
 
-use crate::chromium::browser;
+use crate::chromium::{browser, drive};
 use crate::helpers::TestApp;
 
 const EXAMPLE: &str = include_str!("../../graphiql/example.graphql");
@@ -133,19 +132,13 @@ async fn graphiql_works_offline_in_chromium_docs_examples_and_subscriptions_incl
         })
         .await;
     let screenshot = Path::new(env!("CARGO_TARGET_TMPDIR")).join("graphiql.png");
-    let (address, shot) = (app.address.clone(), screenshot.clone());
-    let output = tokio::task::spawn_blocking(move || {
-        Command::new("node")
-            .current_dir(&driver)
-            .arg("graphiql.mjs")
-            .arg(&chromium)
-            .arg(&address)
-            .arg(&shot)
-            .output()
-            .expect("node runs")
-    })
-    .await
-    .unwrap();
+    let address = std::ffi::OsString::from(&app.address);
+    let output = drive(
+        &driver,
+        "graphiql.mjs",
+        [chromium.as_os_str(), &address, screenshot.as_os_str()],
+    )
+    .await;
     assert!(
         output.status.success(),
         "GraphiQL failed in Chromium (screenshot: {}): {}",

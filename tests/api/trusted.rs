@@ -122,7 +122,8 @@ async fn an_unknown_id_is_refused_with_persisted_query_not_found_and_limits_stil
     );
 }
 
-fn urlencode(text: &str) -> String {
+/// `text` percent-encoded for a URL's query or fragment.
+pub fn urlencode(text: &str) -> String {
     text.bytes()
         .map(|byte| match byte {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (byte as char).to_string(),
