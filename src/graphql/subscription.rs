@@ -113,10 +113,10 @@ async fn read(store: &Store, notice: Notice) -> Option<ProfileChangeEvent> {
 #[GraphQLSubscription]
 impl Subscription {
     /// Every committed change of the profile `ref` names, or of every profile of the caller's
-    /// tenant when `ref` is omitted, from any replica. With an end-user token, only the person's
-    /// own profile can be watched, and omitting `ref` means it (NOT_FOUND before it exists). A subscriber that falls too far behind
-    /// (its socket takes events more slowly than they come) gets an error with code
-    /// SUBSCRIBER_TOO_SLOW, and its subscription ends.
+    /// tenant when `ref` is omitted, from any replica. With an end-user token, only the
+    /// person's own profile can be watched, and omitting `ref` means it (NOT_FOUND before it
+    /// exists). A subscriber that falls too far behind (its socket takes events more slowly
+    /// than they come) gets an error with code SUBSCRIBER_TOO_SLOW, and its subscription ends.
     async fn profile_changed(
         &self,
         ctx: &Context<'_>,
