@@ -3,10 +3,10 @@ use std::collections::HashSet;
 use async_graphql::{ID, InputObject};
 use serde_json::{Map, Value};
 
+use super::MemberType;
 use super::{group_set, text_op};
 use crate::domain::{ChangeSet, Field, Op, Scalar, rules};
 use crate::error::{Code, Fault};
-use crate::graphql::MemberType;
 
 /// The gamification vendor's error code for an empty memberRefId.
 const VENDOR_CODE_EMPTY_MEMBER_REF_ID: i32 = 1003;

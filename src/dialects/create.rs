@@ -3,10 +3,10 @@ use std::collections::HashSet;
 use async_graphql::{InputObject, Json};
 use serde_json::Value;
 
+use super::MemberType;
 use super::{TagInput, attribute_object, fragment, group_set, text_op};
 use crate::domain::{ChangeSet, Field, Op, Scalar, TagWrite, rules};
 use crate::error::{Code, Fault};
-use crate::graphql::MemberType;
 
 /// A new profile's canonical fields. Everything is optional; the profile starts ACTIVE at
 /// version 1 with the next serial number of the tenant.

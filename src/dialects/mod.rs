@@ -15,7 +15,7 @@ mod spruce;
 
 use std::collections::BTreeSet;
 
-use async_graphql::OneofObject;
+use async_graphql::{Enum, OneofObject};
 use serde_json::{Map, Value};
 
 pub use competition_labs::{CompetitionLabsMemberPut, MetadataEntryInput};
@@ -27,6 +27,16 @@ pub use spruce::{SpruceProfileInput, SpruceUserUpdate};
 
 use crate::domain::{ChangeSet, Field, Op, Scalar, rules};
 use crate::error::{Code, Fault};
+
+/// Whether a profile stands for one person or a team.
+#[derive(Enum, Debug, Clone, Copy, PartialEq, Eq)]
+#[graphql(remote = "crate::domain::MemberType")]
+pub enum MemberType {
+    /// One person.
+    Individual,
+    /// A team of people.
+    Team,
+}
 
 /// One vendor's update semantics. Exactly one variant per update.
 #[derive(OneofObject, Debug, Clone)]

@@ -14,11 +14,12 @@ use std::sync::Arc;
 
 use async_graphql::{Context, Schema, SchemaBuilder};
 
+pub use crate::dialects::MemberType;
 pub use budget::{ResponseBudget, too_large};
 pub use mutation::Mutation;
 pub use query::Query;
 pub use subscription::{Events, ProfileChangeEvent, Subscription};
-pub use types::{CustomFieldType, MemberType, ProfileStatus};
+pub use types::{CustomFieldType, ProfileStatus};
 
 use crate::auth::Person;
 use crate::domain::ProfileKey;

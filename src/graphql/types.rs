@@ -16,6 +16,7 @@ use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 
 use super::cursor;
+use crate::dialects::MemberType;
 use crate::domain::{self, Field, ProfileKey, STANDARD_NAMES};
 use crate::error::Error;
 use crate::store::{ChangeRecord, Parts, ProfileView};
@@ -30,16 +31,6 @@ pub enum ProfileStatus {
     Suspended,
     /// Final: refuses every update and every further status change.
     Closed,
-}
-
-/// Whether a profile stands for one person or a team.
-#[derive(Enum, Debug, Clone, Copy, PartialEq, Eq)]
-#[graphql(remote = "domain::MemberType")]
-pub enum MemberType {
-    /// One person.
-    Individual,
-    /// A team of people.
-    Team,
 }
 
 /// The type of a custom field, which decides the values it accepts.
