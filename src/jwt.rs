@@ -60,6 +60,8 @@ struct Kept {
     /// When a fetch was last tried, so that unknown `kid`s refetch at most every
     /// [`REFETCH_AFTER`].
     tried_at: Instant,
+    /// Whether a fetch is running: with no keys kept yet, a token waits for it.
+    fetching: bool,
 }
 
 /// Most bytes of tokens remembered at once.
@@ -193,8 +195,8 @@ impl Verifier {
     }
 
     /// The key `kid` names in the JWKS at `url` (the only key, when the token names none),
-    /// from the kept keys or fetched. One fetch of a JWKS runs at a time; the requests that
-    /// need it meanwhile wait for it and take its keys.
+    /// from the kept keys or fetched. One fetch of a JWKS runs at a time; meanwhile the other
+    /// requests answer from the keys kept, or, with none kept yet, wait for it.
     async fn key(&self, url: &str, kid: Option<&str>) -> Result<Jwk, Refusal> {
         if let Some(answer) = self.kept_answer(url, kid)? {
             return answer;
@@ -208,15 +210,23 @@ impl Verifier {
         if let Some(answer) = self.kept_answer(url, kid)? {
             return answer;
         }
+        {
+            let mut kept = self.kept.lock().map_err(|_| Refusal::Unavailable)?;
+            let now = Instant::now();
+            let entry = kept.entry(url.to_owned()).or_insert(Kept {
+                keys: None,
+                fresh_until: now,
+                tried_at: now,
+                fetching: true,
+            });
+            entry.tried_at = now;
+            entry.fetching = true;
+        }
         let fetched = self.fetch(url).await;
         let mut kept = self.kept.lock().map_err(|_| Refusal::Unavailable)?;
         let now = Instant::now();
-        let entry = kept.entry(url.to_owned()).or_insert(Kept {
-            keys: None,
-            fresh_until: now,
-            tried_at: now,
-        });
-        entry.tried_at = now;
+        let entry = kept.get_mut(url).ok_or(Refusal::Unavailable)?;
+        entry.fetching = false;
         match fetched {
             Ok((keys, keep_for)) => {
                 entry.keys = Some(keys);
@@ -238,6 +248,9 @@ impl Verifier {
         let Some(entry) = kept.get(url) else {
             return Ok(None);
         };
+        if entry.keys.is_none() && entry.fetching {
+            return Ok(None);
+        }
         let now = Instant::now();
         let found = entry.keys.as_ref().and_then(|keys| find(keys, kid));
         Ok(match found {

@@ -293,6 +293,32 @@ async fn tokens_that_arrive_while_the_keys_are_fetched_wait_for_that_fetch() {
 }
 
 #[tokio::test]
+async fn while_stale_keys_are_fetched_again_other_tokens_are_answered_from_them_at_once() {
+    let setup = Arc::new(setup().await);
+    let good = |sub: &str| token(Algorithm::EdDSA, "ed", &claims(sub));
+    assert!(setup.verifier.verify(&good("ana"), &setup.tenants).await.is_ok());
+    setup.verifier.kept.lock().unwrap().values_mut().for_each(|kept| {
+        kept.fresh_until = Instant::now();
+        kept.tried_at = Instant::now() - REFETCH_AFTER;
+    });
+    setup.issuer.delay_ms.store(2_000, Ordering::SeqCst);
+    let refetching = {
+        let setup = setup.clone();
+        tokio::spawn(async move { setup.verifier.verify(&good("bo"), &setup.tenants).await })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = Instant::now();
+    assert!(setup.verifier.verify(&good("cy"), &setup.tenants).await.is_ok());
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(refetching.await.unwrap().is_ok());
+    assert_eq!(setup.issuer.fetches.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
 async fn an_unknown_kid_refetches_at_most_once_per_30_seconds_then_is_refused() {
     let setup = setup().await;
     let stranger = token(Algorithm::RS256, "rotated", &claims("ana"));
