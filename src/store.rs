@@ -1466,8 +1466,8 @@ fn page_select(
 /// [`page_select`]'s first `rows` as a statement. Its text is built once for each shape of
 /// page (the backend, which filters and whether `after` are given, the parts) rather than by
 /// SeaORM for every page (3.5% of the instructions of a page of 50, W4); its values are bound
-/// in the order SeaORM binds them: tenant, status, tag, group, externalId, `after`, and on PostgreSQL the
-/// row count (SQLite's is in the text, see [`limited`]).
+/// in the order SeaORM binds them: tenant, status, tag, group, externalId, `after`, and on
+/// PostgreSQL the row count (SQLite's is in the text, see [`limited`]).
 fn page_statement(
     backend: DbBackend,
     tenant: TenantId,
